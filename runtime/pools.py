@@ -1,0 +1,488 @@
+"""Bounded pools: reused worker threads and a ceiling on forked children.
+
+:class:`ThreadingMixIn` and :class:`ForkingMixIn` replace the standard
+mix-ins of the same names (and subclass them, so ``isinstance`` checks hold).
+Like the standard ones they override only ``process_request`` and
+``server_close`` (plus ``collect_children`` for forking); they must come
+before the server class in the bases, and work best over
+:class:`runtime.server.InstrumentedMixIn`, whose hooks they call.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import signal
+import socketserver
+import threading
+from collections import deque
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from .telemetry.api import NULL, NullTelemetry, RequestRecord, ServerTelemetry
+
+__all__ = ["ForkingMixIn", "ThreadingMixIn", "WorkerPool"]
+
+#: Default ceiling of worker threads: high enough that 64 long-lived
+#: (keep-alive) connections are all served at once, with room to spare.
+DEFAULT_MAX_THREADS = 128
+#: Seconds an idle worker thread waits for work before it retires.
+DEFAULT_IDLE_TIMEOUT = 30.0
+
+Item = tuple[Any, Any]
+
+
+class WorkerPool:
+    """At most ``max_workers`` reused threads fed by a queue of ``queue_size`` items.
+
+    Threads start lazily, one per item that finds no idle worker, and retire
+    after ``idle_timeout`` seconds without work, so a quiet server holds few.
+    ``submit`` never starts a thread past the ceiling: when every worker is
+    busy and the queue is full it waits (backpressure) or returns False.
+    Thread safety lives here, in one lock.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Any, Any], None],
+        *,
+        max_workers: int,
+        queue_size: int,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        daemon: bool = False,
+        name: str = "worker",
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+        self._run = run
+        self.max_workers = max_workers
+        self.queue_size = queue_size
+        self.idle_timeout = idle_timeout
+        self._daemon = daemon
+        self._name = name
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)
+        self._items: deque[Item] = deque()
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0
+        self._closing = False
+        self._started = 0
+
+    # Gauges: approximate reads without the lock are fine for scraping.
+    @property
+    def live(self) -> int:
+        return len(self._threads)
+
+    @property
+    def idle(self) -> int:
+        return self._idle
+
+    @property
+    def busy(self) -> int:
+        return max(0, len(self._threads) - self._idle)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._items)
+
+    def submit(
+        self, item: Item, *, block: bool = True, on_wait: Callable[[], None] | None = None
+    ) -> bool:
+        """Hand *item* to a worker; False if full and not *block*.
+
+        While blocked, *on_wait* runs about once a second (the serving loop's
+        heartbeat, so a saturated server still reports itself alive).
+        """
+        with self._lock:
+            while True:
+                if self._closing:
+                    raise RuntimeError("worker pool is shut down")
+                if self._idle > len(self._items):
+                    self._items.append(item)
+                    self._work.notify()
+                    return True
+                if len(self._threads) < self.max_workers:
+                    self._start(item)
+                    return True
+                if len(self._items) < self.queue_size:
+                    self._items.append(item)
+                    return True
+                if not block:
+                    return False
+                if not self._space.wait(1.0) and on_wait is not None:
+                    self._lock.release()
+                    try:
+                        on_wait()
+                    finally:
+                        self._lock.acquire()
+
+    def _start(self, item: Item) -> None:
+        self._started += 1
+        thread = threading.Thread(
+            target=self._worker,
+            args=(item,),
+            name=f"{self._name}-{self._started}",
+            daemon=self._daemon,
+        )
+        self._threads.add(thread)
+        thread.start()
+
+    def _worker(self, item: Item | None) -> None:
+        run = self._run
+        while True:
+            if item is not None:
+                try:
+                    run(*item)
+                except BaseException:  # noqa: BLE001 - a worker must survive its work
+                    pass
+                item = None
+            with self._lock:
+                self._idle += 1
+                while not self._items and not self._closing:
+                    if not self._work.wait(self.idle_timeout) and not self._items:
+                        break
+                self._idle -= 1
+                if not self._items:
+                    # Retire: idle too long, or shutting down with nothing left.
+                    self._threads.discard(threading.current_thread())
+                    self._space.notify()
+                    return
+                item = self._items.popleft()
+                self._space.notify()
+
+    def shutdown(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Let workers finish every queued item, then stop them."""
+        with self._lock:
+            self._closing = True
+            self._work.notify_all()
+            self._space.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join(timeout)
+
+
+class ThreadingMixIn(socketserver.ThreadingMixIn):
+    """Run each request on a bounded pool of reused worker threads.
+
+    Class variables that may be overridden by derived classes or instances:
+
+    - ``max_children``: ceiling of worker threads (default 128)
+    - ``queue_size``: hand-off queue length; ``None`` means ``max_children``
+    - ``overload``: ``"wait"`` (the accept loop waits for room: backpressure to
+      the kernel's backlog) or ``"reject"`` (``handle_overload`` is called)
+    - ``idle_timeout``: seconds before an idle worker retires
+    - ``daemon_threads``, ``block_on_close``: as in the standard library
+
+    Methods that may be overridden:
+
+    - ``handle_overload(request, client_address)``: called instead of
+      processing when the pool is full under the reject policy; the request
+      is shut down after it returns (default: nothing, so it is just closed).
+    """
+
+    max_children: int = DEFAULT_MAX_THREADS
+    queue_size: int | None = None
+    overload: str = "wait"
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    _rt_pool: WorkerPool | None = None
+
+    # Provided by InstrumentedMixIn / BaseServer; declared for mypy.
+    _rt_records: dict[int, RequestRecord]
+    _rt_tel: ServerTelemetry
+    server_name: str | None
+
+    def _rt_get_pool(self) -> WorkerPool:
+        pool = self._rt_pool
+        if pool is None:
+            queue_size = self.max_children if self.queue_size is None else self.queue_size
+            pool = self._rt_pool = WorkerPool(
+                self.process_request_thread,
+                max_workers=self.max_children,
+                queue_size=queue_size,
+                idle_timeout=self.idle_timeout,
+                daemon=self.daemon_threads,
+                name=f"{self.server_name or type(self).__name__}-worker",
+            )
+        return pool
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the request to a worker thread (or wait, or reject, when full)."""
+        record = getattr(self, "_rt_records", {}).get(id(request))
+        if record is not None:
+            record.queued = perf_counter()
+        block = self.overload != "reject"
+        heartbeat = getattr(self, "_rt_heartbeat", None)
+        if self._rt_get_pool().submit((request, client_address), block=block, on_wait=heartbeat):
+            return
+        if record is not None:
+            record.rejected = "overload"
+        try:
+            self.handle_overload(request, client_address)
+        finally:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def handle_overload(self, request: Any, client_address: Any) -> None:
+        """Called when the pool is full under the reject policy. May be overridden."""
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Run on a worker: finish the request, report errors, always shut it down."""
+        record = getattr(self, "_rt_records", {}).get(id(request))
+        if record is not None and record.queued:
+            self._rt_tel.queue_wait(perf_counter() - record.queued)
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+        except (Exception, SystemExit):
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def runtime_stats(self) -> dict[str, float]:
+        stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
+        pool = self._rt_pool
+        stats["workers_max"] = self.max_children
+        stats["workers_busy"] = pool.busy if pool else 0
+        stats["workers_idle"] = pool.idle if pool else 0
+        stats["queue_depth"] = pool.queue_depth if pool else 0
+        return stats
+
+    def server_close(self) -> None:
+        super().server_close()
+        pool = self._rt_pool
+        if pool is not None:
+            pool.shutdown(wait=self.block_on_close and not self.daemon_threads)
+
+
+class _Child:
+    __slots__ = ("buffer", "hooks_before", "pid", "pipe", "record")
+
+    def __init__(self, pid: int, pipe: int, record: RequestRecord | None) -> None:
+        self.pid = pid
+        self.pipe = pipe
+        self.record = record
+        self.hooks_before = len(record.hooks) if record is not None else 0
+        self.buffer = bytearray()
+
+
+class _ChildTelemetry(NullTelemetry):
+    """In a forked child: keep the request's span current, report nothing.
+
+    The child's hook timings travel to the parent in the record; the parent
+    reports them, so no per-request telemetry state is created in children.
+    """
+
+    def __init__(self, parent: ServerTelemetry) -> None:
+        self._parent = parent
+
+    def activate(self, record: RequestRecord) -> object:
+        return self._parent.activate(record)
+
+    def deactivate(self, token: object) -> None:
+        self._parent.deactivate(token)
+
+
+class ForkingMixIn(socketserver.ForkingMixIn):
+    """Handle each request in a child process, never more than ``max_children`` live.
+
+    Each child gets a pipe to the parent; it writes its hook timings and
+    outcome there before it exits, and the parent folds them into the
+    request's metrics and trace.  End-of-file on that pipe tells the parent
+    the child is gone, so zombies are reaped without scanning every pid and
+    without ever reaping processes the server did not start.  State held
+    per child (one pipe, one record) is bounded by ``max_children``.
+    """
+
+    timeout: float | None = 300
+    max_children: int = 40
+    block_on_close = True
+    _rt_children: dict[int, _Child] | None = None
+    _rt_child_selector: selectors.BaseSelector | None = None
+
+    _rt_records: dict[int, RequestRecord]
+    _rt_tel: ServerTelemetry
+
+    @property
+    def _rt_kids(self) -> dict[int, _Child]:
+        if self._rt_children is None:
+            self._rt_children = {}
+            self._rt_child_selector = selectors.DefaultSelector()
+        return self._rt_children
+
+    @property
+    def active_children(self) -> set[int] | None:  # type: ignore[override]
+        """The pids of live children (read-only view, as in the standard library)."""
+        return set(self._rt_children) if self._rt_children else None
+
+    @active_children.setter
+    def active_children(self, value: Any) -> None:
+        pass  # the standard mix-in assigns it; our state is _rt_children
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Fork a child for the request, first waiting for a free slot if at the limit."""
+        children = self._rt_kids
+        if len(children) >= self.max_children:
+            start = perf_counter()
+            heartbeat = getattr(self, "_rt_heartbeat", None)
+            while len(children) >= self.max_children:
+                self._rt_reap(1.0)
+                if heartbeat is not None:
+                    heartbeat()
+            self._rt_tel.queue_wait(perf_counter() - start)
+        record = getattr(self, "_rt_records", {}).get(id(request))
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(write_end)
+            children[pid] = _Child(pid, read_end, record)
+            assert self._rt_child_selector is not None
+            self._rt_child_selector.register(read_end, selectors.EVENT_READ, pid)
+            self.close_request(request)  # type: ignore[attr-defined]
+            return
+        os.close(read_end)
+        self._rt_child_main(request, client_address, record, write_end)
+
+    def _rt_child_main(
+        self, request: Any, client_address: Any, record: RequestRecord | None, pipe: int
+    ) -> None:
+        # This must never return, hence os._exit().
+        status = 1
+        try:
+            # The parent decides when a child stops (drain, then force);
+            # a Ctrl-C sent to the whole process group must not cut requests.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
+            self._rt_tel = _ChildTelemetry(getattr(self, "_rt_tel", NULL))
+            self._rt_children = None
+            before = len(record.hooks) if record is not None else 0
+            try:
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+                status = 0
+            except (Exception, SystemExit):
+                self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                try:
+                    self.shutdown_request(request)  # type: ignore[attr-defined]
+                finally:
+                    if record is not None:
+                        report = (record.hooks[before:], record.error_hook, record.error_type)
+                        _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
+        finally:
+            os._exit(status)
+
+    def collect_children(self, *, blocking: bool = False) -> None:
+        """Reap children that have exited; with *blocking*, wait for all of them."""
+        if not self._rt_children:
+            return
+        if not blocking:
+            self._rt_reap(0)
+            return
+        while self._rt_children:
+            self._rt_reap(None)
+
+    def _rt_reap(self, timeout: float | None) -> int:
+        """Read child reports; reap those whose pipe closed. Returns how many were reaped."""
+        selector = self._rt_child_selector
+        if selector is None or not self._rt_children:
+            return 0
+        reaped = 0
+        for key, _ in selector.select(timeout):
+            child = self._rt_children.get(key.data)
+            if child is None:
+                continue
+            try:
+                chunk = os.read(child.pipe, 65536)
+            except BlockingIOError:
+                continue
+            if chunk:
+                child.buffer += chunk
+                continue
+            self._rt_child_done(child)
+            reaped += 1
+        return reaped
+
+    def _rt_child_done(self, child: _Child) -> None:
+        assert self._rt_child_selector is not None and self._rt_children is not None
+        self._rt_child_selector.unregister(child.pipe)
+        os.close(child.pipe)
+        del self._rt_children[child.pid]
+        try:
+            _, wait_status = os.waitpid(child.pid, 0)  # pipe closed: the child is exiting
+            code = os.waitstatus_to_exitcode(wait_status)
+        except ChildProcessError:
+            code = 0
+        tel = self._rt_tel
+        status = "ok" if code == 0 else ("signal" if code < 0 else "error")
+        tel.child_reaped(status)
+        record = child.record
+        if record is None:
+            return
+        if child.buffer:
+            hooks, error_hook, error_type = pickle.loads(bytes(child.buffer))
+            for name, start, end in hooks:
+                record.hooks.append((name, start, end))
+                tel.hook(name, end - start)
+            if error_type and not record.error_type:
+                record.error_hook, record.error_type = error_hook, error_type
+        if code < 0 and not record.error_type:
+            record.error_hook = "process_request"
+            record.error_type = _signal_name(-code)
+        elif code > 0 and not record.error_type:
+            record.error_hook, record.error_type = "process_request", "ChildExit"
+        release = getattr(self, "_rt_release", None)
+        if release is not None:
+            release(record)  # stands for the child's shutdown_request
+
+    def runtime_stats(self) -> dict[str, float]:
+        stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
+        stats["workers_max"] = self.max_children
+        stats["workers_busy"] = len(self._rt_children or ())
+        stats["workers_idle"] = 0
+        stats["queue_depth"] = 0
+        return stats
+
+    def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None] | None = None) -> bool:
+        while self._rt_children:
+            remaining = deadline - perf_counter()
+            if remaining <= 0:
+                return False
+            self._rt_reap(min(remaining, 1.0))
+            if heartbeat is not None:
+                heartbeat()
+        waited: bool = super().wait_for_idle(deadline, heartbeat)  # type: ignore[misc]
+        return waited
+
+    def force_close(self) -> int:
+        """Kill the children still running (SIGKILL) and reap them."""
+        forced = 0
+        for pid in list(self._rt_children or ()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                forced += 1
+            except ProcessLookupError:
+                pass
+        self.collect_children(blocking=True)
+        return forced
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._rt_child_selector is not None and not self._rt_children:
+            self._rt_child_selector.close()
+            self._rt_child_selector = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"

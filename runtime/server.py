@@ -1,0 +1,491 @@
+"""The instrumented hook chain: a mix-in over any ``socketserver.BaseServer``.
+
+Put :class:`InstrumentedMixIn` first in the bases of any socketserver server
+(``http.server.HTTPServer``, ``xmlrpc.server.SimpleXMLRPCServer``, your own)
+and every lifecycle hook is timed, counted and placed in the request's trace,
+without editing the server or its handler.  :func:`runtime.instrument` builds
+such a class for you.
+
+Two rules say where each hook is measured:
+
+- the loop times what it calls: ``get_request``, ``verify_request``,
+  ``process_request``, ``service_actions``, ``handle_timeout`` (so overrides of
+  them anywhere in the MRO are inside the measurement);
+- the request hooks time themselves: ``finish_request``, ``shutdown_request``,
+  ``handle_error`` and the handler's ``setup``/``handle``/``finish`` (they are
+  called by pools, forked children and foreign mix-ins alike).
+
+Methods for the caller (beyond socketserver's):
+
+- ``runtime_stats()`` -> gauges pulled at scrape time
+- ``accept_backlog()``, ``close_listener()``, ``wait_for_idle(deadline)``,
+  ``force_close()`` -> the steps of a graceful drain (see ``lifecycle.py``)
+
+Class variables that may be overridden:
+
+- ``server_name``: the ``server`` label (default: the class name)
+- ``tcp_nodelay``: set TCP_NODELAY on accepted TCP connections (default True)
+
+Unlike the standard library, ``shutdown()`` called from the serving thread
+(for example from a handler in a synchronous server) does not deadlock: it
+asks the loop to stop and returns.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from time import perf_counter, time, time_ns
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .telemetry.api import NULL, RequestRecord, ServerTelemetry
+
+if TYPE_CHECKING:
+    import structlog.typing
+
+__all__ = ["InstrumentedMixIn", "LoopController", "TelemetryFactory"]
+
+_ServerSelector: type[selectors.BaseSelector] = getattr(
+    selectors, "PollSelector", selectors.SelectSelector
+)
+_HANDLER_HOOKS = ("setup", "handle", "finish")
+# Decrementing "references" of a record: the accept loop and shutdown_request
+# each release once; whoever pops the last (0) finishes the record.  list.pop
+# is atomic, so no lock is needed for the hand-over between threads.
+_LAST, _NOT_LAST = 0, 1
+
+
+class TelemetryFactory(Protocol):
+    """What a server needs to get its bound telemetry (see ``runtime.telemetry``)."""
+
+    def bind(self, server: Any) -> ServerTelemetry: ...
+
+
+class LoopController(Protocol):
+    """Called by the serving loop once per turn (see ``lifecycle.Runtime``)."""
+
+    def tick(self) -> float | None:
+        """Act on pending signals/deadlines; return the longest wait until the next tick."""
+        ...
+
+    def heartbeat(self) -> None:
+        """The loop is alive but busy elsewhere (e.g. waiting for a pool slot)."""
+        ...
+
+
+def _transport(family: int, kind: int) -> str:
+    if family == getattr(socket, "AF_UNIX", None):
+        return "unix"
+    return "udp" if kind == socket.SOCK_DGRAM else "tcp"
+
+
+def _instrument_handler(base: type) -> type:
+    """A subclass of *base* whose ``setup``/``handle``/``finish`` are timed.
+
+    Same name, module and behaviour; ``isinstance(handler, base)`` holds.
+    """
+
+    def wrap(name: str) -> Callable[[Any], Any]:
+        def hook(self: Any) -> Any:
+            server = self.server
+            record = server._rt_records.get(id(self.request))
+            start = perf_counter()
+            try:
+                return getattr(super(cls, self), name)()
+            except BaseException as exc:
+                if record is not None:
+                    record.fail(name, exc)
+                raise
+            finally:
+                server._rt_timed(record, name, start, perf_counter())
+
+        hook.__name__ = hook.__qualname__ = name
+        return hook
+
+    namespace: dict[str, Any] = {name: wrap(name) for name in _HANDLER_HOOKS}
+    namespace["__module__"] = base.__module__
+    namespace["__qualname__"] = base.__qualname__
+    namespace["__doc__"] = base.__doc__
+    cls = type(base.__name__, (base,), namespace)
+    return cls
+
+
+class InstrumentedMixIn:
+    """Measure and trace every hook of a socketserver server.
+
+    Extra keyword-only constructor arguments (all optional, so the standard
+    signatures still hold): ``telemetry`` (a :class:`TelemetryFactory`, e.g.
+    ``runtime.Telemetry``), ``logger`` (a structlog logger), ``server_name``.
+    """
+
+    server_name: str | None = None
+    tcp_nodelay = True
+
+    # Declared for mypy; socketserver.BaseServer provides these.
+    socket: socket.socket
+    server_address: Any
+    RequestHandlerClass: Any
+    timeout: float | None
+    address_family: int
+    socket_type: int
+
+    def __init__(
+        self,
+        *args: Any,
+        telemetry: TelemetryFactory | None = None,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+        server_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if server_name is not None:
+            self.server_name = server_name
+        self._rt_records: dict[int, RequestRecord] = {}
+        self._rt_idle = threading.Condition()
+        self._rt_tel: ServerTelemetry = NULL
+        self._rt_handlers: dict[Any, Any] = {}
+        self._rt_shutdown_request = False
+        self._rt_is_shut_down = threading.Event()
+        self._rt_is_shut_down.set()
+        self._rt_serving_thread: int | None = None
+        self._rt_wakeup: tuple[int, int] | None = None
+        self._rt_controller: LoopController | None = None
+        self._rt_listening = True
+        if logger is None:
+            from .telemetry.logging import default_logger
+
+            logger = default_logger()
+        self.logger = logger
+        super().__init__(*args, **kwargs)
+        if self.server_name is None:
+            self.server_name = type(self).__name__
+        if telemetry is not None:
+            self.use_telemetry(telemetry)
+
+    # -- configuration ---------------------------------------------------------
+
+    @property
+    def transport(self) -> str:
+        """``tcp``, ``udp`` or ``unix``: the ``transport`` label."""
+        return _transport(self.address_family, self.socket_type)
+
+    def use_telemetry(self, telemetry: TelemetryFactory | None) -> None:
+        """Bind this server to *telemetry* (None: no telemetry)."""
+        self._rt_tel = NULL if telemetry is None else telemetry.bind(self)
+
+    def set_controller(self, controller: LoopController | None) -> None:
+        """Let *controller* act once per loop turn (signals, drain deadlines)."""
+        self._rt_controller = controller
+
+    def runtime_stats(self) -> dict[str, float]:
+        """Gauges read at scrape time. Pools extend this."""
+        return {"in_flight": len(self._rt_records)}
+
+    # -- the serving loop --------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle requests until :meth:`shutdown`; woken at once by a pipe, not polled."""
+        self._rt_is_shut_down.clear()
+        self._rt_serving_thread = threading.get_ident()
+        wake = self._rt_wakeup_fd()
+        try:
+            with _ServerSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+                selector.register(wake, selectors.EVENT_READ)
+                while not self._rt_shutdown_request:
+                    ready = selector.select(self._rt_turn(poll_interval))
+                    if self._rt_shutdown_request:
+                        break
+                    for key, _ in ready:
+                        if key.fd == wake:
+                            self._rt_drain_wakeup(wake)
+                        else:
+                            self._handle_request_noblock()
+                    self._rt_service_actions()
+                    # Pending signals and drain deadlines may ask to stop.
+        finally:
+            self._rt_shutdown_request = False
+            self._rt_serving_thread = None
+            self._rt_is_shut_down.set()
+
+    def shutdown(self) -> None:
+        """Stop the ``serve_forever`` loop.
+
+        From another thread, wait until the loop has stopped (as the standard
+        library does). From the serving thread itself, ask the loop to stop
+        after the current turn and return at once instead of deadlocking.
+        """
+        self._rt_shutdown_request = True
+        self.wake()
+        if self._rt_serving_thread == threading.get_ident():
+            return
+        self._rt_is_shut_down.wait()
+
+    def wake(self) -> None:
+        """Wake the serving loop (safe from signal handlers and other threads)."""
+        if self._rt_wakeup is not None:
+            try:
+                os.write(self._rt_wakeup[1], b"\0")
+            except OSError:  # full pipe: the loop is already due to wake
+                pass
+
+    def handle_request(self) -> None:
+        """Handle one request, possibly blocking; respects ``self.timeout``."""
+        timeout = self.socket.gettimeout()
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        deadline = time() + timeout if timeout is not None else 0.0
+        with _ServerSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+            while True:
+                if selector.select(timeout):
+                    self._handle_request_noblock()
+                    return
+                if timeout is not None:
+                    timeout = deadline - time()
+                    if timeout < 0:
+                        start = perf_counter()
+                        try:
+                            self.handle_timeout()  # type: ignore[attr-defined]
+                        finally:
+                            self._rt_timed(None, "handle_timeout", start, perf_counter())
+                        return
+
+    def _handle_request_noblock(self) -> None:
+        self._rt_accept_one()
+
+    def _rt_accept_one(self) -> bool:
+        """Take one connection or datagram through the hook chain.
+
+        Returns False when there was nothing to take (the socket would block).
+        """
+        tel = self._rt_tel
+        wall = time_ns()
+        start = perf_counter()
+        try:
+            request, client_address = self.get_request()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            tel.hook("get_request", perf_counter() - start)
+            tel.error("get_request", type(exc).__name__)
+            return True
+        now = perf_counter()
+        record = RequestRecord(request, client_address, start, wall)
+        record.refs = [_LAST, _NOT_LAST]
+        self._rt_records[id(request)] = record
+        tel.request_started(record)
+        self._rt_timed(record, "get_request", start, now)
+        if self.tcp_nodelay and self.socket_type == socket.SOCK_STREAM:
+            self._rt_set_nodelay(request)
+        try:
+            try:
+                accepted = self.verify_request(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                start, now = now, perf_counter()
+                self._rt_timed(record, "verify_request", start, now)
+            if not accepted:
+                record.rejected = "verify_request"
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+                return True
+            try:
+                self.process_request(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                self._rt_timed(record, "process_request", now, perf_counter())
+        except (Exception, SystemExit) as exc:
+            record.fail(record.hooks[-1][0], exc)
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+        except BaseException:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            raise
+        finally:
+            self._rt_release(record)
+        return True
+
+    def _rt_set_nodelay(self, request: Any) -> None:
+        if self.address_family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
+
+    def _rt_service_actions(self) -> None:
+        start = perf_counter()
+        try:
+            self.service_actions()  # type: ignore[attr-defined]
+        except Exception as exc:
+            # A failing service_actions must not stop the loop: count and log it.
+            self._rt_tel.error("service_actions", type(exc).__name__)
+            self.logger.error("service_actions failed", server=self.server_name, exc_info=True)
+        finally:
+            self._rt_timed(None, "service_actions", start, perf_counter())
+
+    def _rt_turn(self, poll_interval: float) -> float | None:
+        """Run the controller's tick; return how long the next select may wait."""
+        controller = self._rt_controller
+        if controller is None:
+            return poll_interval
+        wait = controller.tick()
+        return poll_interval if wait is None else max(0.0, min(wait, poll_interval))
+
+    def _rt_heartbeat(self) -> None:
+        if self._rt_controller is not None:
+            self._rt_controller.heartbeat()
+
+    def _rt_wakeup_fd(self) -> int:
+        if self._rt_wakeup is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._rt_wakeup = (r, w)
+        return self._rt_wakeup[0]
+
+    @staticmethod
+    def _rt_drain_wakeup(fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- request hooks: each times itself ----------------------------------------
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Run the handler with the request's span current, timing each of its hooks."""
+        record = self._rt_records.get(id(request))
+        tel = self._rt_tel
+        token = tel.activate(record) if record is not None else None
+        start = perf_counter()
+        try:
+            self._rt_handler_class()(request, client_address, self)
+        except BaseException as exc:
+            if record is not None:
+                record.fail("finish_request", exc)
+            raise
+        finally:
+            self._rt_timed(record, "finish_request", start, perf_counter())
+            if token is not None:
+                tel.deactivate(token)
+
+    def shutdown_request(self, request: Any) -> None:
+        record = self._rt_records.get(id(request))
+        start = perf_counter()
+        try:
+            super().shutdown_request(request)  # type: ignore[misc]
+        finally:
+            self._rt_timed(record, "shutdown_request", start, perf_counter())
+            if record is not None:
+                self._rt_release(record)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log the failure as one structured line with its traceback (not stderr)."""
+        record = self._rt_records.get(id(request))
+        start = perf_counter()
+        try:
+            self.logger.error(
+                "request failed",
+                server=self.server_name,
+                client=_format_address(client_address),
+                hook=record.error_hook if record is not None else None,
+                exc_info=True,
+            )
+        finally:
+            self._rt_timed(record, "handle_error", start, perf_counter())
+
+    def _rt_handler_class(self) -> Any:
+        base = self.RequestHandlerClass
+        try:
+            return self._rt_handlers[base]
+        except KeyError:
+            pass
+        wrapped = base
+        if isinstance(base, type) and all(callable(getattr(base, h, None)) for h in _HANDLER_HOOKS):
+            wrapped = _instrument_handler(base)
+        self._rt_handlers[base] = wrapped
+        return wrapped
+
+    # -- records ---------------------------------------------------------------
+
+    def _rt_timed(self, record: RequestRecord | None, name: str, start: float, end: float) -> None:
+        if record is not None:
+            record.hooks.append((name, start, end))
+        self._rt_tel.hook(name, end - start)
+
+    def _rt_release(self, record: RequestRecord) -> None:
+        if record.refs.pop() == _LAST:
+            self._rt_finish(record, perf_counter())
+
+    def _rt_finish(self, record: RequestRecord, end: float) -> None:
+        tel = self._rt_tel
+        if record.rejected:
+            tel.rejected(record.rejected)
+        elif record.error_type:
+            tel.error(record.error_hook, record.error_type)
+        tel.request_finished(record, end)
+        with self._rt_idle:
+            self._rt_records.pop(id(record.request), None)
+            if not self._rt_records:
+                self._rt_idle.notify_all()
+
+    # -- graceful drain steps (driven by lifecycle.Runtime) ----------------------
+
+    def accept_backlog(self) -> int:
+        """Take everything the kernel already queued, without blocking; return the count."""
+        taken = 0
+        self.socket.setblocking(False)
+        try:
+            while self._rt_accept_one():
+                taken += 1
+        finally:
+            self.socket.setblocking(True)
+        return taken
+
+    def close_listener(self) -> None:
+        """Stop accepting: close the listening socket (new connections are refused)."""
+        if self._rt_listening:
+            self._rt_listening = False
+            self.socket.close()
+
+    def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None] | None = None) -> bool:
+        """Wait until no request is in flight or ``perf_counter()`` passes *deadline*."""
+        with self._rt_idle:
+            while self._rt_records:
+                remaining = deadline - perf_counter()
+                if remaining <= 0:
+                    return False
+                self._rt_idle.wait(min(remaining, 1.0))
+                if heartbeat is not None:
+                    heartbeat()
+        return True
+
+    def force_close(self) -> int:
+        """Cut the connections still in flight so their handlers' I/O fails; return the count."""
+        forced = 0
+        for record in list(self._rt_records.values()):
+            request = record.request
+            if isinstance(request, socket.socket):
+                try:
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            forced += 1
+        return forced
+
+    def server_close(self) -> None:
+        self._rt_listening = False
+        super().server_close()  # type: ignore[misc]
+        if self._rt_wakeup is not None:
+            for fd in self._rt_wakeup:
+                os.close(fd)
+            self._rt_wakeup = None
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address) if address else ""

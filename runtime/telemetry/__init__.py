@@ -1,0 +1,107 @@
+"""Telemetry for the runtime: Prometheus metrics, OpenTelemetry traces, structlog logs.
+
+:class:`Telemetry` owns one registry and one tracer; bind any number of
+servers to it (``server.use_telemetry(telemetry)`` or the ``telemetry=``
+constructor argument).  Two servers get their own ``server`` label, so they
+never collide; two :class:`Telemetry` objects never share state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .api import NULL, NullTelemetry, RequestRecord, ServerTelemetry
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import Metrics, ServerMetrics
+    from .tracing import ServerTracing, Tracing
+
+__all__ = ["NULL", "NullTelemetry", "RequestRecord", "ServerTelemetry", "Telemetry"]
+
+
+class Telemetry:
+    """Metrics (always) and traces (when a tracer provider is given or ``tracing=True``).
+
+    ``registry``: where the metric families live (default: a fresh registry);
+    ``tracer_provider``: an OpenTelemetry provider (default: none, so no traces;
+    ``tracing=True`` uses the global one); ``prefix``: metric name prefix;
+    ``hook_spans``: hooks as child spans instead of span events.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        tracing: bool | None = None,
+        prefix: str = "socketserver_",
+        hook_spans: bool = False,
+    ) -> None:
+        from .metrics import Metrics
+
+        self.metrics: Metrics = Metrics(registry, prefix=prefix)
+        self.tracing: Tracing | None = None
+        if tracing or (tracing is None and tracer_provider is not None):
+            from .tracing import Tracing
+
+            self.tracing = Tracing(tracer_provider, hook_spans=hook_spans)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    def bind(self, server: Any) -> ServerTelemetry:
+        tracing = self.tracing.bind(server) if self.tracing is not None else None
+        return _Bound(self.metrics.bind(server), tracing, self)
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry as Prometheus text, or OpenMetrics when *accept* asks for it."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def flush(self, timeout: float) -> None:
+        if self.tracing is not None:
+            self.tracing.flush(timeout)
+
+
+class _Bound:
+    """One server's telemetry: metrics and, if enabled, traces."""
+
+    def __init__(
+        self, metrics: ServerMetrics, tracing: ServerTracing | None, owner: Telemetry
+    ) -> None:
+        self._metrics = metrics
+        self._tracing = tracing
+        self._owner = owner
+        self.hook = metrics.hook
+        self.rejected = metrics.rejected
+        self.error = metrics.error
+        self.queue_wait = metrics.queue_wait
+        self.child_reaped = metrics.child_reaped
+        self.state_changed = metrics.state_changed
+        if tracing is not None:
+            self.activate = tracing.activate  # type: ignore[assignment]
+            self.deactivate = tracing.deactivate  # type: ignore[assignment]
+
+    def request_started(self, record: RequestRecord) -> None:
+        if self._tracing is not None:
+            self._tracing.request_started(record)
+
+    def activate(self, record: RequestRecord) -> object:
+        return None
+
+    def deactivate(self, token: object) -> None:
+        pass
+
+    def request_finished(self, record: RequestRecord, end: float) -> None:
+        self._metrics.request_finished(record, end - record.perf)
+        if self._tracing is not None:
+            self._tracing.request_finished(record, end)
+
+    def flush(self, timeout: float) -> None:
+        self._owner.flush(timeout)

@@ -1,0 +1,141 @@
+"""The one small interface between the server core and telemetry.
+
+The core (``server.py``, ``pools.py``, ``lifecycle.py``) reports to a
+:class:`ServerTelemetry`; it never imports prometheus_client or opentelemetry.
+:data:`NULL` does nothing, so a server built without telemetry pays one
+method call per hook and nothing else.
+
+Everything that travels along one request lives in a :class:`RequestRecord`,
+created by the core when the connection or datagram is taken and finished
+after ``shutdown_request``.  Hook timings are ``time.perf_counter()`` values;
+``wall_ns``/``perf`` pin the record to the wall clock for trace timestamps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["NULL", "HookTiming", "NullTelemetry", "RequestRecord", "ServerTelemetry"]
+
+#: (hook name, start, end) in ``time.perf_counter()`` seconds.
+HookTiming = tuple[str, float, float]
+
+
+class RequestRecord:
+    """What the runtime knows about one request while it is in flight."""
+
+    __slots__ = (
+        "client_address",
+        "error",
+        "error_hook",
+        "error_type",
+        "hooks",
+        "perf",
+        "queued",
+        "refs",
+        "rejected",
+        "request",
+        "span",
+        "wall_ns",
+    )
+
+    def __init__(self, request: Any, client_address: Any, perf: float, wall_ns: int) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.perf = perf  # perf_counter() when the request was taken
+        self.wall_ns = wall_ns  # time_ns() at the same moment
+        self.hooks: list[HookTiming] = []
+        self.error: BaseException | None = None
+        self.error_hook = ""
+        self.error_type = ""  # class name, or signal name for a killed child
+        self.queued = 0.0  # perf_counter() when handed to a pool, 0 if never queued
+        self.rejected = ""  # reason, when the runtime refused the request
+        self.refs: list[int] = []  # hand-over between the loop and the worker
+        self.span: Any = None  # owned by the telemetry implementation
+
+    def fail(self, hook: str, exc: BaseException) -> None:
+        """Remember the first (innermost) failure of this request."""
+        if not self.error_type:
+            self.error = exc
+            self.error_hook = hook
+            self.error_type = type(exc).__name__
+
+    @property
+    def outcome(self) -> str:
+        if self.rejected:
+            return "rejected"
+        return "error" if self.error_type else "ok"
+
+
+class ServerTelemetry(Protocol):
+    """Telemetry bound to one server (its ``server`` and ``transport`` labels).
+
+    Hot-path methods are called once per request or hook and must be cheap.
+    Every hook timing goes through :meth:`hook` (metrics) and is also kept in
+    ``record.hooks`` (traces read them in :meth:`request_finished`).  Gauges
+    are pulled at scrape time from the server's ``runtime_stats()``.
+    """
+
+    def request_started(self, record: RequestRecord) -> None: ...
+
+    def activate(self, record: RequestRecord) -> object:
+        """Make the request's span current; return a token for :meth:`deactivate`."""
+        ...
+
+    def deactivate(self, token: object) -> None: ...
+
+    def hook(self, name: str, seconds: float) -> None: ...
+
+    def request_finished(self, record: RequestRecord, end: float) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def error(self, hook: str, error_type: str) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def child_reaped(self, status: str) -> None: ...
+
+    def state_changed(self, state: str) -> None: ...
+
+    def flush(self, timeout: float) -> None: ...
+
+
+class NullTelemetry:
+    """Does nothing; the default when no telemetry is configured."""
+
+    def request_started(self, record: RequestRecord) -> None:
+        pass
+
+    def activate(self, record: RequestRecord) -> object:
+        return None
+
+    def deactivate(self, token: object) -> None:
+        pass
+
+    def hook(self, name: str, seconds: float) -> None:
+        pass
+
+    def request_finished(self, record: RequestRecord, end: float) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+    def error(self, hook: str, error_type: str) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def child_reaped(self, status: str) -> None:
+        pass
+
+    def state_changed(self, state: str) -> None:
+        pass
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+
+NULL: ServerTelemetry = NullTelemetry()

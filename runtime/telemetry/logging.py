@@ -1,0 +1,65 @@
+"""Structured logs (structlog): JSON lines in production, console on a TTY.
+
+No global configuration: each call builds its own logger from plain
+processors, so the runtime never clobbers the application's structlog or
+logging setup.  Lines written while a request's span is current carry
+``trace_id`` and ``span_id`` (lowercase hex).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+__all__ = ["FORMATS", "LEVELS", "add_trace_context", "default_logger", "make_logger"]
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+FORMATS = ("auto", "json", "console")
+
+try:
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - opentelemetry is a dependency
+    _trace = None  # type: ignore[assignment]
+
+
+def add_trace_context(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Add ``trace_id``/``span_id`` of the current span, if there is one."""
+    if _trace is not None:
+        ctx = _trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            event["trace_id"] = format(ctx.trace_id, "032x")
+            event["span_id"] = format(ctx.span_id, "016x")
+    return event
+
+
+def make_logger(
+    *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
+) -> FilteringBoundLogger:
+    """A logger writing to *stream* (stderr) as JSON lines or, on a TTY, console text."""
+    stream = stream if stream is not None else sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    processors: list[Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_context,
+    ]
+    if fmt == "json":
+        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    logger: Any = structlog.wrap_logger(
+        structlog.PrintLogger(stream),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+    )
+    return logger  # type: ignore[no-any-return]
+
+
+def default_logger() -> FilteringBoundLogger:
+    """The logger a server uses when none is given: info and up, to stderr."""
+    return make_logger()

@@ -1,0 +1,205 @@
+"""Prometheus metrics for the hook chain (prometheus-client).
+
+Instruments are created once per :class:`Metrics` (one registry), label
+children once per server and hook, so the per-request cost is a dict lookup
+and an ``observe``/``inc``.  Gauges that describe state (in flight, workers,
+queue) are read from each server's ``runtime_stats()`` at scrape time: the
+hot path never touches them.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from .api import RequestRecord
+
+__all__ = ["HOOKS", "LATENCY_BUCKETS", "Metrics", "ServerMetrics"]
+
+HOOKS = (
+    "get_request",
+    "verify_request",
+    "process_request",
+    "finish_request",
+    "setup",
+    "handle",
+    "finish",
+    "shutdown_request",
+    "handle_error",
+    "handle_timeout",
+    "service_actions",
+)
+OUTCOMES = ("ok", "error", "rejected")
+REJECT_REASONS = ("verify_request", "overload", "draining")
+STATES = ("starting", "serving", "draining", "stopped")
+#: Hooks take microseconds, requests up to seconds: buckets from 50 us to 10 s.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: error_type values kept per server before further classes count as "other".
+MAX_ERROR_TYPES = 50
+_LABELS = ("server", "transport")
+
+
+class Metrics:
+    """The metric families of one registry; bind each server with :meth:`bind`."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        prefix: str = "socketserver_",
+        buckets: Iterable[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.prefix = prefix
+        reg, p, b = self.registry, prefix, tuple(buckets)
+        self.requests = Counter(
+            p + "requests", "Requests taken, by outcome.", (*_LABELS, "outcome"), registry=reg
+        )
+        self.request_duration = Histogram(
+            p + "request_duration_seconds",
+            "Time from taking a request to its shutdown_request, by outcome.",
+            (*_LABELS, "outcome"), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.hook_duration = Histogram(
+            p + "hook_duration_seconds", "Time spent in each socketserver hook.",
+            (*_LABELS, "hook"), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.rejected = Counter(
+            p + "requests_rejected", "Requests refused, by reason.", (*_LABELS, "reason"),
+            registry=reg,
+        )  # fmt: skip
+        self.errors = Counter(
+            p + "errors", "Exceptions by hook and exception class (or signal of a child).",
+            (*_LABELS, "hook", "error_type"), registry=reg,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds",
+            "Time a request waited for a worker thread or a child slot.",
+            _LABELS, buckets=b, registry=reg,
+        )  # fmt: skip
+        self.children_reaped = Counter(
+            p + "children_reaped", "Forked children reaped, by exit status.",
+            (*_LABELS, "status"), registry=reg,
+        )  # fmt: skip
+        self.lifecycle_state = Gauge(
+            p + "lifecycle_state", "1 for the server's current lifecycle state.",
+            (*_LABELS, "state"), registry=reg,
+        )  # fmt: skip
+        self.build_info = Gauge(
+            p + "build_info", "Always 1: the runtime's version.", ("version", "python_version"),
+            registry=reg,
+        )  # fmt: skip
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._state_collector = _StateCollector(prefix)
+        reg.register(self._state_collector)
+
+    def bind(self, server: Any) -> ServerMetrics:
+        return ServerMetrics(self, server, self._state_collector)
+
+
+class ServerMetrics:
+    """Label children of one server, cached; the hot-path half of the metrics."""
+
+    def __init__(self, metrics: Metrics, server: Any, states: _StateCollector) -> None:
+        labels = (str(server.server_name), server.transport)
+        self._m = metrics
+        self._labels = labels
+        self._hooks = {h: metrics.hook_duration.labels(*labels, h) for h in HOOKS}
+        self._requests = {o: metrics.requests.labels(*labels, o) for o in OUTCOMES}
+        self._durations = {o: metrics.request_duration.labels(*labels, o) for o in OUTCOMES}
+        self._rejected = {r: metrics.rejected.labels(*labels, r) for r in REJECT_REASONS}
+        self._queue_wait = metrics.queue_wait.labels(*labels)
+        self._errors: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        for state in STATES:
+            metrics.lifecycle_state.labels(*labels, state).set(0)
+        states.add(labels, server)
+
+    def hook(self, name: str, seconds: float) -> None:
+        child = self._hooks.get(name)
+        if child is None:
+            child = self._hooks[name] = self._m.hook_duration.labels(*self._labels, name)
+        child.observe(seconds)
+
+    def request_finished(self, record: RequestRecord, seconds: float) -> None:
+        outcome = record.outcome
+        self._requests[outcome].inc()
+        self._durations[outcome].observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        child = self._rejected.get(reason)
+        if child is None:
+            child = self._rejected[reason] = self._m.rejected.labels(*self._labels, reason)
+        child.inc()
+
+    def error(self, hook: str, error_type: str) -> None:
+        key = (hook, error_type)
+        child = self._errors.get(key)
+        if child is None:
+            with self._lock:
+                if len(self._errors) >= MAX_ERROR_TYPES:
+                    key = (hook, "other")
+                child = self._errors.get(key)
+                if child is None:
+                    child = self._errors[key] = self._m.errors.labels(*self._labels, *key)
+        child.inc()
+
+    def queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def child_reaped(self, status: str) -> None:
+        self._m.children_reaped.labels(*self._labels, status).inc()
+
+    def state_changed(self, state: str) -> None:
+        for name in STATES:
+            self._m.lifecycle_state.labels(*self._labels, name).set(1 if name == state else 0)
+
+
+class _StateCollector(Collector):
+    """In-flight, worker and queue gauges, read from each server at scrape time."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._servers: dict[tuple[str, str], weakref.ref[Any]] = {}
+
+    def add(self, labels: tuple[str, str], server: Any) -> None:
+        self._servers[labels] = weakref.ref(server)
+
+    def describe(self) -> Iterable[Any]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterable[Any]:
+        stats = {}
+        for labels, ref in list(self._servers.items()):
+            server = ref()
+            if server is None:
+                del self._servers[labels]
+            else:
+                stats[labels] = server.runtime_stats()
+        return list(self._families(stats))
+
+    def _families(self, stats: dict[tuple[str, str], dict[str, float]]) -> Iterator[Any]:
+        p, names = self._prefix, list(_LABELS)
+        in_flight = GaugeMetricFamily(p + "requests_in_flight", "Requests taken and not yet finished.", labels=names)
+        workers = GaugeMetricFamily(p + "workers", "Worker threads or children, by state.", labels=[*names, "state"])
+        workers_max = GaugeMetricFamily(p + "workers_max", "Ceiling of workers (max_children).", labels=names)
+        queue = GaugeMetricFamily(p + "queue_depth", "Requests waiting for a worker.", labels=names)
+        for labels, s in stats.items():
+            in_flight.add_metric(labels, s.get("in_flight", 0))
+            if "workers_max" in s:
+                workers.add_metric([*labels, "busy"], s["workers_busy"])
+                workers.add_metric([*labels, "idle"], s["workers_idle"])
+                workers_max.add_metric(labels, s["workers_max"])
+                queue.add_metric(labels, s["queue_depth"])
+        yield from (in_flight, workers, workers_max, queue)

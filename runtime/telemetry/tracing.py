@@ -1,0 +1,110 @@
+"""OpenTelemetry traces: one SERVER span per request, each hook visible in it.
+
+The span starts when the connection or datagram is taken and ends after
+``shutdown_request``.  Hook timings are collected by the core in the request
+record and attached when the span ends, as timed events (default: an event
+per hook at its start time, with ``duration_s``) or as child spans with the
+hooks' own start and end (``hook_spans=True``; costs a span each).  Nothing
+is built for a span that is not recording.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import __version__
+from .api import RequestRecord
+
+__all__ = ["ServerTracing", "Tracing"]
+
+
+class Tracing:
+    """A tracer from *tracer_provider* (default: the global one)."""
+
+    def __init__(
+        self, tracer_provider: trace.TracerProvider | None = None, *, hook_spans: bool = False
+    ) -> None:
+        self.provider = tracer_provider
+        self.tracer = trace.get_tracer("socketserver-runtime", __version__, tracer_provider)
+        self.hook_spans = hook_spans
+
+    def bind(self, server: Any) -> ServerTracing:
+        return ServerTracing(self, server)
+
+    def flush(self, timeout: float) -> None:
+        flush = getattr(self.provider, "force_flush", None)
+        if flush is not None:
+            flush(int(timeout * 1000))
+
+
+def _address_attributes(prefix: str, address: Any) -> dict[str, Any]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return {f"{prefix}.address": str(address[0]), f"{prefix}.port": int(address[1])}
+    if isinstance(address, (str, bytes)) and address:
+        return {f"{prefix}.address": address if isinstance(address, str) else address.decode()}
+    return {}
+
+
+class ServerTracing:
+    def __init__(self, tracing: Tracing, server: Any) -> None:
+        self._tracer = tracing.tracer
+        self._hook_spans = tracing.hook_spans
+        handler = getattr(server.RequestHandlerClass, "__name__", "request")
+        transport = server.transport
+        self.name = f"{handler} {transport}"
+        family = server.address_family
+        self._static: dict[str, Any] = {"network.transport": transport}
+        if family == socket.AF_INET:
+            self._static["network.type"] = "ipv4"
+        elif family == socket.AF_INET6:
+            self._static["network.type"] = "ipv6"
+        self._static.update(_address_attributes("network.local", server.server_address))
+
+    def request_started(self, record: RequestRecord) -> None:
+        span = self._tracer.start_span(self.name, kind=SpanKind.SERVER, start_time=record.wall_ns)
+        if span.is_recording():
+            span.set_attributes(self._static)
+            span.set_attributes(_address_attributes("network.peer", record.client_address))
+        record.span = span
+
+    @staticmethod
+    def activate(record: RequestRecord) -> object:
+        if record.span is None:
+            return None
+        return otel_context.attach(trace.set_span_in_context(record.span))
+
+    @staticmethod
+    def deactivate(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+    def request_finished(self, record: RequestRecord, end: float) -> None:
+        span = record.span
+        if span is None:
+            return
+        base, perf = record.wall_ns, record.perf
+
+        def ns(t: float) -> int:
+            return base + int((t - perf) * 1e9)
+
+        if span.is_recording():
+            if self._hook_spans:
+                parent = trace.set_span_in_context(span)
+                for name, start, stop in record.hooks:
+                    self._tracer.start_span(name, context=parent, start_time=ns(start)).end(ns(stop))
+            else:
+                for name, start, stop in record.hooks:
+                    span.add_event(name, {"duration_s": stop - start}, ns(start))
+            if record.rejected:
+                span.set_attribute("socketserver.rejected", record.rejected)
+            if record.error_type:
+                span.set_attribute("error.type", record.error_type)
+                span.set_attribute("socketserver.error_hook", record.error_hook)
+                if record.error is not None:
+                    span.record_exception(record.error, timestamp=ns(end))
+                span.set_status(Status(StatusCode.ERROR, record.error_type))
+        span.end(ns(end))
