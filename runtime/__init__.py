@@ -10,16 +10,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from socketserver import (  # noqa: E402 - same objects as the standard library's
+from socketserver import (  # same objects as the standard library's
     BaseRequestHandler,
     DatagramRequestHandler,
     StreamRequestHandler,
 )
 
-from .lifecycle import Lifecycle, Runtime, State  # noqa: E402
-from .pools import ForkingMixIn, ThreadingMixIn, WorkerPool  # noqa: E402
-from .server import InstrumentedMixIn  # noqa: E402
-from .servers import (  # noqa: E402
+from .lifecycle import Lifecycle, Runtime, State
+from .pools import ForkingMixIn, ThreadingMixIn, WorkerPool
+from .server import InstrumentedMixIn
+from .servers import (
     BaseServer,
     ForkingTCPServer,
     ForkingUDPServer,
@@ -35,7 +35,7 @@ from .servers import (  # noqa: E402
     UnixStreamServer,
     instrument,
 )
-from .telemetry import NullTelemetry, RequestRecord, ServerTelemetry, Telemetry  # noqa: E402
+from .telemetry import NullTelemetry, RequestRecord, ServerTelemetry, Telemetry
 
 __all__ = [
     "BaseRequestHandler",

@@ -79,6 +79,7 @@ class Lifecycle:
         self._on_change = on_change
         self._since = monotonic()
         self.heartbeat_at = self._since
+        self.stop_requested = False  # set by a signal handler: readiness fails at once
         self._lock = threading.Lock()
 
     def to(self, new: State) -> None:
@@ -103,7 +104,7 @@ class Lifecycle:
         return self.state is not State.STOPPED and self.heartbeat_age() < self.liveness_timeout
 
     def ready(self) -> bool:
-        return self.state is State.SERVING
+        return self.state is State.SERVING and not self.stop_requested
 
 
 @contextlib.contextmanager
@@ -170,11 +171,12 @@ class Runtime:
 
     def stop(self, immediate: bool = False) -> None:
         """Begin the graceful drain (or, if *immediate* or already draining, stop now)."""
-        self._signals.append(signal.SIGQUIT if immediate else signal.SIGTERM)
-        self.server.wake()
+        self._on_signal(signal.SIGQUIT if immediate else signal.SIGTERM)
 
     def _on_signal(self, signum: int) -> None:
-        # Record only; the loop acts in tick().
+        # Record only (readiness reads the flag at once, even while the loop is
+        # busy in a long handler); the loop acts in tick().
+        self.lifecycle.stop_requested = True
         self._signals.append(signum)
         self.server.wake()
 
@@ -198,7 +200,7 @@ class Runtime:
     def _act(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum in IMMEDIATE_SIGNALS or self._drain_until is not None:
-            self.logger.warning("stopping now", signal=name, server=self.server.server_name)
+            self.logger.warning("stopping now", signal=name, server=self.server.server_label)
             self._immediate = True
             self._drain_until = monotonic()
             self.server._rt_shutdown_request = True
@@ -208,7 +210,7 @@ class Runtime:
         self.logger.info(
             "drain started",
             signal=name,
-            server=self.server.server_name,
+            server=self.server.server_label,
             drain_delay=self.drain_delay,
             graceful_timeout=self.graceful_timeout,
         )
@@ -219,7 +221,7 @@ class Runtime:
         self._tel.state_changed(new.value)
         self.logger.info(
             "lifecycle",
-            server=self.server.server_name,
+            server=self.server.server_label,
             state=new.value,
             previous=old.value,
             previous_seconds=round(spent, 6),
@@ -246,16 +248,24 @@ class Runtime:
         phase = perf_counter()
         taken = 0 if self._immediate else server.accept_backlog()
         server.close_listener()
-        log.info("listener closed", server=server.server_name, backlog_taken=taken,
-                 seconds=round(perf_counter() - phase, 6))
+        log.info(
+            "listener closed",
+            server=server.server_label,
+            backlog_taken=taken,
+            seconds=round(perf_counter() - phase, 6),
+        )
         phase = perf_counter()
         deadline = phase + (0.0 if self._immediate else self.graceful_timeout)
         idle = server.wait_for_idle(deadline, self.lifecycle.heartbeat)
-        log.info("in-flight wait over", server=server.server_name, idle=idle,
-                 seconds=round(perf_counter() - phase, 6))
+        log.info(
+            "in-flight wait over",
+            server=server.server_label,
+            idle=idle,
+            seconds=round(perf_counter() - phase, 6),
+        )
         if not idle:
             self.forced = server.force_close()
-            log.warning("forced requests", server=server.server_name, forced=self.forced)
+            log.warning("forced requests", server=server.server_label, forced=self.forced)
             # Give cut handlers a moment to unwind so their records finish.
             server.wait_for_idle(perf_counter() + 1.0, self.lifecycle.heartbeat)
         server.set_controller(None)
@@ -264,6 +274,9 @@ class Runtime:
         if self._flush is not None:
             self._flush(self.flush_timeout)
         self._tel.flush(self.flush_timeout)
-        log.info("telemetry flushed", server=server.server_name,
-                 seconds=round(perf_counter() - phase, 6))
+        log.info(
+            "telemetry flushed",
+            server=server.server_label,
+            seconds=round(perf_counter() - phase, 6),
+        )
         self.lifecycle.to(State.STOPPED)

@@ -14,6 +14,7 @@ import os
 import pickle
 import selectors
 import signal
+import socket
 import socketserver
 import threading
 from collections import deque
@@ -138,7 +139,7 @@ class WorkerPool:
             if item is not None:
                 try:
                     run(*item)
-                except BaseException:  # noqa: BLE001 - a worker must survive its work
+                except BaseException:  # noqa: BLE001 - a worker must survive its work (already handled)
                     pass
                 item = None
             with self._lock:
@@ -195,7 +196,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
     # Provided by InstrumentedMixIn / BaseServer; declared for mypy.
     _rt_records: dict[int, RequestRecord]
     _rt_tel: ServerTelemetry
-    server_name: str | None
+    server_label: str | None
 
     def _rt_get_pool(self) -> WorkerPool:
         pool = self._rt_pool
@@ -207,7 +208,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
                 queue_size=queue_size,
                 idle_timeout=self.idle_timeout,
                 daemon=self.daemon_threads,
-                name=f"{self.server_name or type(self).__name__}-worker",
+                name=f"{getattr(self, 'server_label', None) or type(self).__name__}-worker",
             )
         return pool
 
@@ -237,7 +238,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             self._rt_tel.queue_wait(perf_counter() - record.queued)
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        except (Exception, SystemExit):
+        except (Exception, SystemExit):  # noqa: BLE001 - a failing handler never stops the server
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
             self.shutdown_request(request)  # type: ignore[attr-defined]
@@ -314,7 +315,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         return self._rt_children
 
     @property
-    def active_children(self) -> set[int] | None:  # type: ignore[override]
+    def active_children(self) -> set[int] | None:
         """The pids of live children (read-only view, as in the standard library)."""
         return set(self._rt_children) if self._rt_children else None
 
@@ -358,11 +359,15 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 signal.signal(signum, signal.SIG_IGN)
             self._rt_tel = _ChildTelemetry(getattr(self, "_rt_tel", NULL))
             self._rt_children = None
+            if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
+                # Our copy of the listener would keep it open (and accepting into
+                # the backlog) after the parent closes it during a drain.
+                self.socket.close()  # type: ignore[attr-defined]
             before = len(record.hooks) if record is not None else 0
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
                 status = 0
-            except (Exception, SystemExit):
+            except (Exception, SystemExit):  # noqa: BLE001 - reported, then the child exits 1
                 self.handle_error(request, client_address)  # type: ignore[attr-defined]
             finally:
                 try:

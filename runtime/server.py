@@ -23,7 +23,9 @@ Methods for the caller (beyond socketserver's):
 
 Class variables that may be overridden:
 
-- ``server_name``: the ``server`` label (default: the class name)
+- ``server_label``: the ``server`` label (default: the class name; the
+  ``server_name=`` constructor argument sets it.  Not ``server_name``, which
+  ``http.server.HTTPServer`` uses for the host name)
 - ``tcp_nodelay``: set TCP_NODELAY on accepted TCP connections (default True)
 
 Unlike the standard library, ``shutdown()`` called from the serving thread
@@ -121,7 +123,7 @@ class InstrumentedMixIn:
     ``runtime.Telemetry``), ``logger`` (a structlog logger), ``server_name``.
     """
 
-    server_name: str | None = None
+    server_label: str | None = None
     tcp_nodelay = True
 
     # Declared for mypy; socketserver.BaseServer provides these.
@@ -141,7 +143,7 @@ class InstrumentedMixIn:
         **kwargs: Any,
     ) -> None:
         if server_name is not None:
-            self.server_name = server_name
+            self.server_label = server_name
         self._rt_records: dict[int, RequestRecord] = {}
         self._rt_idle = threading.Condition()
         self._rt_tel: ServerTelemetry = NULL
@@ -159,8 +161,8 @@ class InstrumentedMixIn:
             logger = default_logger()
         self.logger = logger
         super().__init__(*args, **kwargs)
-        if self.server_name is None:
-            self.server_name = type(self).__name__
+        if self.server_label is None:
+            self.server_label = type(self).__name__
         if telemetry is not None:
             self.use_telemetry(telemetry)
 
@@ -290,18 +292,18 @@ class InstrumentedMixIn:
                 self._rt_timed(record, "verify_request", start, now)
             if not accepted:
                 record.rejected = "verify_request"
-                self.shutdown_request(request)  # type: ignore[attr-defined]
+                self.shutdown_request(request)
                 return True
             try:
                 self.process_request(request, client_address)  # type: ignore[attr-defined]
             finally:
                 self._rt_timed(record, "process_request", now, perf_counter())
-        except (Exception, SystemExit) as exc:
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - never stop the loop
             record.fail(record.hooks[-1][0], exc)
             self.handle_error(request, client_address)
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
         except BaseException:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.shutdown_request(request)
             raise
         finally:
             self._rt_release(record)
@@ -321,7 +323,7 @@ class InstrumentedMixIn:
         except Exception as exc:
             # A failing service_actions must not stop the loop: count and log it.
             self._rt_tel.error("service_actions", type(exc).__name__)
-            self.logger.error("service_actions failed", server=self.server_name, exc_info=True)
+            self.logger.error("service_actions failed", server=self.server_label, exc_info=True)
         finally:
             self._rt_timed(None, "service_actions", start, perf_counter())
 
@@ -389,7 +391,7 @@ class InstrumentedMixIn:
         try:
             self.logger.error(
                 "request failed",
-                server=self.server_name,
+                server=self.server_label,
                 client=_format_address(client_address),
                 hook=record.error_hook if record is not None else None,
                 exc_info=True,

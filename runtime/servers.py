@@ -11,7 +11,6 @@ any other ``socketserver.BaseServer`` subclass, such as
 from __future__ import annotations
 
 import socketserver
-from typing import Any
 
 from .pools import ForkingMixIn, ThreadingMixIn
 from .server import InstrumentedMixIn
@@ -86,15 +85,15 @@ class ForkingUDPServer(ForkingMixIn, UDPServer, socketserver.ForkingUDPServer):
 
 
 # The standard library has these from Python 3.12 on; subclass them where they exist.
-_std_fus: Any = getattr(socketserver, "ForkingUnixStreamServer", object)
-_std_fud: Any = getattr(socketserver, "ForkingUnixDatagramServer", object)
+_std_fus: type = getattr(socketserver, "ForkingUnixStreamServer", object)
+_std_fud: type = getattr(socketserver, "ForkingUnixDatagramServer", object)
 
 
-class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer, _std_fus):
+class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer, _std_fus):  # type: ignore[misc]
     pass
 
 
-class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer, _std_fud):
+class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer, _std_fud):  # type: ignore[misc]
     pass
 
 

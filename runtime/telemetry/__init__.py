@@ -85,8 +85,8 @@ class _Bound:
         self.child_reaped = metrics.child_reaped
         self.state_changed = metrics.state_changed
         if tracing is not None:
-            self.activate = tracing.activate  # type: ignore[assignment]
-            self.deactivate = tracing.deactivate  # type: ignore[assignment]
+            self.activate = tracing.activate  # type: ignore[method-assign]
+            self.deactivate = tracing.deactivate  # type: ignore[method-assign]
 
     def request_started(self, record: RequestRecord) -> None:
         if self._tracing is not None:

@@ -53,7 +53,7 @@ def make_logger(
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     logger: Any = structlog.wrap_logger(
-        structlog.PrintLogger(stream),
+        structlog.PrintLogger(stream),  # type: ignore[arg-type]
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
     )

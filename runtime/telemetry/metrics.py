@@ -112,7 +112,7 @@ class ServerMetrics:
     """Label children of one server, cached; the hot-path half of the metrics."""
 
     def __init__(self, metrics: Metrics, server: Any, states: _StateCollector) -> None:
-        labels = (str(server.server_name), server.transport)
+        labels = (str(server.server_label), server.transport)
         self._m = metrics
         self._labels = labels
         self._hooks = {h: metrics.hook_duration.labels(*labels, h) for h in HOOKS}
@@ -191,9 +191,15 @@ class _StateCollector(Collector):
 
     def _families(self, stats: dict[tuple[str, str], dict[str, float]]) -> Iterator[Any]:
         p, names = self._prefix, list(_LABELS)
-        in_flight = GaugeMetricFamily(p + "requests_in_flight", "Requests taken and not yet finished.", labels=names)
-        workers = GaugeMetricFamily(p + "workers", "Worker threads or children, by state.", labels=[*names, "state"])
-        workers_max = GaugeMetricFamily(p + "workers_max", "Ceiling of workers (max_children).", labels=names)
+        in_flight = GaugeMetricFamily(
+            p + "requests_in_flight", "Requests taken and not yet finished.", labels=names
+        )
+        workers = GaugeMetricFamily(
+            p + "workers", "Worker threads or children, by state.", labels=[*names, "state"]
+        )
+        workers_max = GaugeMetricFamily(
+            p + "workers_max", "Ceiling of workers (max_children).", labels=names
+        )
         queue = GaugeMetricFamily(p + "queue_depth", "Requests waiting for a worker.", labels=names)
         for labels, s in stats.items():
             in_flight.add_metric(labels, s.get("in_flight", 0))

@@ -95,7 +95,9 @@ class ServerTracing:
             if self._hook_spans:
                 parent = trace.set_span_in_context(span)
                 for name, start, stop in record.hooks:
-                    self._tracer.start_span(name, context=parent, start_time=ns(start)).end(ns(stop))
+                    self._tracer.start_span(name, context=parent, start_time=ns(start)).end(
+                        ns(stop)
+                    )
             else:
                 for name, start, stop in record.hooks:
                     span.add_event(name, {"duration_s": stop - start}, ns(start))

@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` (demo) and `make test` (everything CI checks).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck pytest deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian packages the tests need (gcc builds the benchmark's load generator).
+deps:
+	@missing=""; for tool in gcc; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+run: $(STAMP)
+	$(PY) -m runtime echo --bind 127.0.0.1:9000 --admin 127.0.0.1:9100
+
+lint: $(STAMP)
+	$(PY) -m ruff check runtime tests bench
+	$(PY) -m ruff format --check runtime
+
+typecheck: $(STAMP)
+	$(PY) -m mypy --strict runtime bench
+
+pytest: $(STAMP) deps
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP) deps
+	$(PY) bench/compare_stdlib.py
+
+clean:
+	rm -rf $(VENV) bench/build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,498 @@
+"""Compare the runtime's ThreadingTCPServer with the standard library's, in one run.
+
+    .venv/bin/python bench/compare_stdlib.py [--duration 10] [--runs 3] [--clients 8,64] [--smoke]
+
+Builds ``bench/build/loadgen`` if needed, starts every server of
+``echo_servers.py`` pinned to one CPU, and drives each with the C load
+generator (connect-per-request) pinned to another CPU.  For each server and
+client count it runs ``--runs`` measurements, interleaved across servers
+(round-robin, the starting server rotating each round) so that drift of the
+machine hits every server alike, and prints the medians with the ratio
+against ``stdlib-threading`` measured in the same invocation.
+
+Server CPU per request is the server process's utime+stime (from
+``/proc/<pid>/stat``, all its threads, live and exited) over the run, divided
+by the replies the load generator received and checked.
+
+``--smoke`` runs every scenario once for about a second and exits non-zero if
+any scenario got no successful request or the harness broke.  Results go to
+``bench/results/`` as JSON.  This is a benchmark, not a test: it asserts
+nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LOADGEN_SRC = BENCH / "loadgen.c"
+LOADGEN = BENCH / "build" / "loadgen"
+ECHO_SERVERS = BENCH / "echo_servers.py"
+RESULTS = BENCH / "results"
+
+BASELINE = "stdlib-threading"
+SERVERS = (BASELINE, "runtime-threading", "runtime-threading-notel")
+MODE = "connect"
+SERVER_START_TIMEOUT = 20.0
+SERVER_STOP_TIMEOUT = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class HarnessError(Exception):
+    """The benchmark itself could not run (build, server start, load generator)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One load-generator run against one server, with the server's CPU time."""
+
+    server: str
+    clients: int
+    round: int
+    seconds: float
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    timeouts: int
+    port_exhaustion: int
+    clients_with_zero_replies: int
+    server_cpu_seconds: float
+    loadgen: dict[str, Any] = field(repr=False)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.server_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
+
+    @property
+    def server_cpu_share(self) -> float:
+        return self.server_cpu_seconds / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The runs of one (server, clients) scenario: medians, and sums of failures."""
+
+    server: str
+    clients: int
+    runs: int
+    rps: float
+    rps_min: float
+    rps_max: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    timeouts: int
+    port_exhaustion: int
+    clients_with_zero_replies: int
+    cpu_us_per_request: float
+    server_cpu_share: float
+    min_requests: int
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample]) -> Summary:
+        first = samples[0]
+        rps = [s.rps for s in samples]
+        return cls(
+            server=first.server,
+            clients=first.clients,
+            runs=len(samples),
+            rps=statistics.median(rps),
+            rps_min=min(rps),
+            rps_max=max(rps),
+            p50_ms=statistics.median(s.p50_ms for s in samples),
+            p99_ms=statistics.median(s.p99_ms for s in samples),
+            errors=sum(s.errors for s in samples),
+            timeouts=sum(s.timeouts for s in samples),
+            port_exhaustion=sum(s.port_exhaustion for s in samples),
+            clients_with_zero_replies=max(s.clients_with_zero_replies for s in samples),
+            cpu_us_per_request=statistics.median(s.cpu_us_per_request for s in samples),
+            server_cpu_share=statistics.median(s.server_cpu_share for s in samples),
+            min_requests=min(s.requests for s in samples),
+        )
+
+
+# -- building and processes ------------------------------------------------------------
+
+
+def build_loadgen() -> Path:
+    """Compile the load generator unless the binary is newer than its source."""
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN
+    LOADGEN.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["gcc", "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    try:
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise HarnessError("gcc not found: it is needed to build bench/loadgen.c") from exc
+    except subprocess.CalledProcessError as exc:
+        raise HarnessError(f"building the load generator failed:\n{exc.stderr}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError("building the load generator timed out") from exc
+    return LOADGEN
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process *pid* (every thread, exited ones included), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+@dataclass
+class RunningServer:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: IO[bytes]
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise HarnessError(
+                f"server {self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, limit: int = 2000) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-limit:]
+
+
+@contextmanager
+def running_server(name: str, cpu: int | None) -> Iterator[RunningServer]:
+    """Start server *name*; always stop it (SIGTERM, then SIGKILL) on the way out."""
+    cmd = [sys.executable, str(ECHO_SERVERS), name]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    with tempfile.TemporaryFile(prefix=f"bench-{name}-") as log:
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
+        try:
+            port = _read_port(process, name)
+            yield RunningServer(name, process, port, log)
+        finally:
+            _stop(process)
+
+
+def _read_port(process: subprocess.Popen[bytes], name: str) -> int:
+    assert process.stdout is not None
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    line = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise HarnessError(f"server {name} did not print its port in time")
+            chunk = os.read(process.stdout.fileno(), 64)
+            if not chunk:
+                raise HarnessError(f"server {name} exited before printing its port")
+            line += chunk
+    try:
+        return int(line)
+    except ValueError as exc:
+        raise HarnessError(f"server {name} printed {line!r}, not a port") from exc
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+def run_loadgen(
+    server: RunningServer, *, clients: int, duration: float, timeout: float, cpu: int | None
+) -> dict[str, Any]:
+    cmd = [
+        str(LOADGEN), "--mode", MODE, "--port", str(server.port), "--clients", str(clients),
+        "--duration", str(duration), "--timeout", str(timeout),
+    ]  # fmt: skip
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=duration + timeout + 30
+        )
+    except subprocess.CalledProcessError as exc:
+        raise HarnessError(f"load generator failed ({exc.returncode}): {exc.stderr}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError("load generator did not stop in time") from exc
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure(
+    server: RunningServer,
+    *,
+    clients: int,
+    round_: int,
+    duration: float,
+    timeout: float,
+    loadgen_cpu: int | None,
+) -> Sample:
+    server.check_alive()
+    before = cpu_seconds(server.process.pid)
+    out = run_loadgen(server, clients=clients, duration=duration, timeout=timeout, cpu=loadgen_cpu)
+    after = cpu_seconds(server.process.pid)
+    server.check_alive()
+    return Sample(
+        server=server.name,
+        clients=clients,
+        round=round_,
+        seconds=float(out["seconds"]),
+        requests=int(out["requests"]),
+        rps=float(out["rps"]),
+        p50_ms=float(out["p50_ms"]),
+        p99_ms=float(out["p99_ms"]),
+        errors=int(out["errors"]),
+        timeouts=int(out["timeouts"]),
+        port_exhaustion=int(out["port_exhaustion"]),
+        clients_with_zero_replies=int(out["clients_with_zero_replies"]),
+        server_cpu_seconds=after - before,
+        loadgen=out,
+    )
+
+
+def pick_cpus(server_cpu: int, loadgen_cpu: int) -> tuple[int | None, int | None]:
+    """The CPUs to pin to, or (None, None) when this process may not use both."""
+    allowed = os.sched_getaffinity(0)
+    if server_cpu == loadgen_cpu or not {server_cpu, loadgen_cpu} <= allowed:
+        print(
+            f"warning: CPUs {server_cpu} and {loadgen_cpu} are not both available "
+            f"(allowed: {sorted(allowed)}); running unpinned",
+            file=sys.stderr,
+        )
+        return None, None
+    return server_cpu, loadgen_cpu
+
+
+# -- reporting -------------------------------------------------------------------------
+
+COLUMNS = (
+    ("server", 24, "s"), ("clients", 7, "d"), ("req/s", 9, ".0f"), ("vs stdlib", 9, "s"),
+    ("spread", 7, "s"), ("p50 ms", 7, ".3f"), ("p99 ms", 7, ".3f"), ("errors", 6, "d"),
+    ("timeouts", 8, "d"), ("CPU us/req", 10, ".1f"), ("vs stdlib", 9, "s"),
+    ("srv CPU", 7, "s"),
+)  # fmt: skip
+
+
+def table(summaries: Sequence[Summary]) -> str:
+    baseline = {s.clients: s for s in summaries if s.server == BASELINE}
+    header = "  ".join(f"{name:<{w}}" if fmt == "s" and i == 0 else f"{name:>{w}}"
+                       for i, (name, w, fmt) in enumerate(COLUMNS))  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for s in summaries:
+        base = baseline.get(s.clients)
+        rps_ratio = f"{s.rps / base.rps:.2f}x" if base and base.rps else "-"
+        cpu_ratio = (
+            f"{s.cpu_us_per_request / base.cpu_us_per_request:.2f}x"
+            if base and base.cpu_us_per_request
+            else "-"
+        )
+        spread = f"{(s.rps_max - s.rps_min) / s.rps * 100:.1f}%" if s.rps else "-"
+        values: tuple[Any, ...] = (
+            s.server, s.clients, s.rps, rps_ratio, spread, s.p50_ms, s.p99_ms, s.errors,
+            s.timeouts, s.cpu_us_per_request, cpu_ratio, f"{s.server_cpu_share * 100:.0f}%",
+        )  # fmt: skip
+        cells = [
+            f"{v:<{w}{fmt}}" if i == 0 else f"{v:>{w}{fmt}}"
+            for i, (v, (_, w, fmt)) in enumerate(zip(values, COLUMNS, strict=True))
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def notes(summaries: Sequence[Summary]) -> list[str]:
+    out = []
+    for s in summaries:
+        where = f"{s.server} @ {s.clients} clients"
+        if s.port_exhaustion:
+            out.append(f"{where}: {s.port_exhaustion} connects hit EADDRNOTAVAIL (client ports)")
+        if s.clients_with_zero_replies:
+            out.append(f"{where}: {s.clients_with_zero_replies} clients got no reply in a run")
+    return out
+
+
+def environment() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        revision = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        revision = ""
+    return {
+        "revision": revision,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+    }
+
+
+def write_results(
+    args: argparse.Namespace,
+    env: dict[str, Any],
+    samples: list[Sample],
+    summaries: list[Summary],
+) -> Path:
+    results: Path = args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = results / f"compare_stdlib-{stamp}{'-smoke' if args.smoke else ''}.json"
+    payload = {
+        "command": [sys.executable, *sys.argv],
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "environment": env,
+        "baseline": BASELINE,
+        "summaries": [asdict(s) for s in summaries],
+        "samples": [{**asdict(s), "cpu_us_per_request": s.cpu_us_per_request} for s in samples],
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--clients", default="8,64", help="comma-separated client counts")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds, per scenario")
+    parser.add_argument("--timeout", type=float, default=2.0, help="reply time-out, seconds")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--loadgen-cpu", type=int, default=1)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where JSON goes")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one ~1 s run per scenario; fail on zero requests"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.runs, args.warmup = 1.0, 1, 0.0
+    try:
+        args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--clients takes comma-separated integers, e.g. 8,64")
+    args.server_names = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(args.server_names) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if BASELINE not in args.server_names:
+        args.server_names.insert(0, BASELINE)  # ratios need the baseline in the same run
+    if args.runs < 1 or args.duration <= 0 or not args.client_counts:
+        parser.error("--runs >= 1, --duration > 0 and at least one client count are required")
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[list[Sample], list[Summary]]:
+    build_loadgen()
+    server_cpu, loadgen_cpu = pick_cpus(args.server_cpu, args.loadgen_cpu)
+    samples: list[Sample] = []
+    with ExitStack() as stack:
+        servers = [stack.enter_context(running_server(n, server_cpu)) for n in args.server_names]
+        for clients in args.client_counts:
+            if args.warmup > 0:
+                for server in servers:
+                    run_loadgen(server, clients=clients, duration=args.warmup,
+                                timeout=args.timeout, cpu=loadgen_cpu)  # fmt: skip
+            for round_ in range(args.runs):
+                # Rotate who goes first so no server always runs right after another.
+                k = round_ % len(servers)
+                for server in servers[k:] + servers[:k]:
+                    sample = measure(server, clients=clients, round_=round_,
+                                     duration=args.duration, timeout=args.timeout,
+                                     loadgen_cpu=loadgen_cpu)  # fmt: skip
+                    samples.append(sample)
+                    print(
+                        f"  {server.name:<24} clients={clients:<4} round={round_} "
+                        f"req/s={sample.rps:9.0f} errors={sample.errors} "
+                        f"timeouts={sample.timeouts}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        for server in servers:
+            tail = server.log_tail()
+            if tail.strip():
+                print(f"note: {server.name} wrote to stderr:\n{tail}", file=sys.stderr)
+    summaries = [
+        Summary.of([s for s in samples if s.server == name and s.clients == clients])
+        for clients in args.client_counts
+        for name in args.server_names
+    ]
+    return samples, summaries
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(
+        f"connect-per-request, {args.runs} run(s) x {args.duration:g} s per scenario, "
+        f"server on CPU {args.server_cpu}, load generator on CPU {args.loadgen_cpu}",
+        file=sys.stderr,
+    )
+    try:
+        samples, summaries = run(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    env = environment()
+    print(
+        f"\npython {env['python']}, kernel {env['kernel']}, {env['cpu_model']} x{env['cpus']}, "
+        f"revision {env['revision'] or '?'}"
+    )
+    print(
+        f"medians of {args.runs} run(s) of {args.duration:g} s; errors and timeouts summed; "
+        f"ratios against {BASELINE} measured in this run"
+    )
+    print(table(summaries))
+    for note in notes(summaries):
+        print(f"note: {note}")
+    path = write_results(args, env, samples, summaries)
+    print(f"results: {path}")
+    empty = [s for s in summaries if s.min_requests == 0]
+    if empty:
+        for s in empty:
+            print(f"smoke: {s.server} @ {s.clients} clients had no successful request")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

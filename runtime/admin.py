@@ -1,0 +1,145 @@
+"""The admin side port: ``/metrics``, ``/livez``, ``/readyz``.
+
+Its own small HTTP server on a daemon thread, never counted as application
+traffic.  Bounded: a few reused threads, a short socket timeout and a cap on
+the request line, so a slow or hostile peer cannot pin it.
+
+- ``/livez``: 200 while the serving loop makes progress; stays 200 while draining.
+- ``/readyz``: 200 while serving; 503 from the moment a drain begins.
+- ``/metrics``: Prometheus text, or OpenMetrics when the scraper asks for it.
+
+Unknown paths get 404, methods other than GET and HEAD get 405.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .lifecycle import Lifecycle
+from .pools import ThreadingMixIn
+
+__all__ = ["AdminServer"]
+
+RenderMetrics = Callable[[str], tuple[bytes, str]]
+
+
+class _AdminHTTPServer(ThreadingMixIn, http.server.HTTPServer):
+    max_children = 4
+    queue_size = 16
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 64
+
+
+class _AdminHandler(http.server.BaseHTTPRequestHandler):
+    server: _AdminHTTPServer
+    timeout = 10  # seconds a peer may idle mid-request
+    protocol_version = "HTTP/1.1"
+    server_version = "socketserver-runtime-admin"
+
+    def do_GET(self) -> None:
+        admin: AdminServer = self.server.admin  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, content_type = admin.render_metrics(self.headers.get("Accept", ""))
+            self._reply(200, body, content_type)
+        elif path == "/livez":
+            live = admin.lifecycle.live()
+            self._json(200 if live else 503, {
+                "status": "ok" if live else "stalled",
+                "state": admin.lifecycle.state.value,
+                "heartbeat_age_seconds": round(admin.lifecycle.heartbeat_age(), 3),
+            })  # fmt: skip
+        elif path == "/readyz":
+            ready = admin.lifecycle.ready()
+            self._json(200 if ready else 503, {
+                "status": "ready" if ready else "not ready",
+                "state": admin.lifecycle.state.value,
+            })  # fmt: skip
+        else:
+            self._json(404, {"error": "not found", "paths": ["/metrics", "/livez", "/readyz"]})
+
+    def do_HEAD(self) -> None:
+        self._head_only = True
+        self.do_GET()
+
+    def _not_allowed(self) -> None:
+        self._json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
+
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler looks up do_<METHOD>; every other method is 405, not 501.
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _json(
+        self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        body = (json.dumps(payload) + "\n").encode()
+        self._reply(status, body, "application/json", headers)
+
+    def _reply(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not getattr(self, "_head_only", False):
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass  # probes every few seconds would drown the logs
+
+
+class AdminServer:
+    """Serve the probes and metrics of one runtime on *address* (host, port).
+
+    Binding happens in the constructor (so a taken port fails early, before
+    the application server starts); :meth:`start` begins serving.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        lifecycle: Lifecycle,
+        render_metrics: RenderMetrics,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.render_metrics = render_metrics
+        self._httpd = _AdminHTTPServer(address, _AdminHandler)
+        self._httpd.admin = self  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
+            name="runtime-admin", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(5)
+            self._thread = None
+        self._httpd.server_close()

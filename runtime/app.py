@@ -1,0 +1,223 @@
+"""Assemble a runnable service from :class:`~runtime.config.Settings`.
+
+``build(settings)`` loads the handler and server classes, binds the server and
+the admin port, and wires telemetry, logs and the lifecycle together; ``run``
+serves until a signal and returns the exit status.  Library code: failures
+raise :class:`~runtime.config.ConfigError` (bad setting) or
+:class:`StartupError` (the setting is fine but the machine says no, e.g. a
+port in use); the CLI turns both into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import socket
+import socketserver
+import sys
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import servers
+from .admin import AdminServer
+from .config import Address, ConfigError, Settings, parse_address
+from .examples import EXAMPLES
+from .lifecycle import Runtime
+from .telemetry import Telemetry
+from .telemetry.logging import make_logger
+
+__all__ = ["App", "StartupError", "build", "load_object", "run"]
+
+DEFAULT_BIND = "127.0.0.1:9000"
+_BASE_CLASSES: dict[str, type[socketserver.TCPServer]] = {
+    "tcp": socketserver.TCPServer,
+    "udp": socketserver.UDPServer,
+    "unix": socketserver.UnixStreamServer,
+    "unixgram": socketserver.UnixDatagramServer,
+}
+
+
+class StartupError(RuntimeError):
+    """The service could not start (for a reason outside the settings' syntax)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+def load_object(spec: str, setting: str) -> Any:
+    """Import ``module:attr`` (dots allowed in attr); ConfigError naming *setting* if not found."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(setting, f"{spec!r} is not module:Class")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(setting, f"cannot import module {module_name!r} ({exc})") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(setting, f"module {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+@dataclass
+class App:
+    """A bound, not yet serving, service."""
+
+    settings: Settings
+    server: Any
+    telemetry: Telemetry
+    runtime: Runtime
+    admin: AdminServer | None
+    address: Address
+    logger: Any
+    tracer_provider: Any = None
+    closed: bool = field(default=False)
+
+    def run(self) -> int:
+        if self.admin is not None:
+            self.admin.start()
+        try:
+            return self.runtime.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.admin is not None:
+            self.admin.close()
+        self.server.server_close()
+        if self.address.transport in ("unix", "unixgram"):
+            try:
+                os.unlink(self.address.address)
+            except OSError:
+                pass
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+
+    def describe(self) -> str:
+        urls = [f"serving {self.settings.handler} on {_url(self.server, self.address)}"]
+        if self.admin is not None:
+            base = self.admin.url
+            urls.append(f"admin {base}/metrics  {base}/livez  {base}/readyz")
+        return "\n".join(urls)
+
+
+def _url(server: Any, address: Address) -> str:
+    if address.transport in ("unix", "unixgram"):
+        return str(address)
+    host, port = server.server_address[:2]
+    host = f"[{host}]" if ":" in str(host) else host
+    return f"{address.transport}://{host}:{port}"
+
+
+def _server_class(settings: Settings, address: Address, default_server: str | None) -> type:
+    spec = settings.server or default_server
+    if spec is not None:
+        base = load_object(spec, "--server")
+        if not (isinstance(base, type) and issubclass(base, socketserver.BaseServer)):
+            raise ConfigError("--server", f"{spec!r} is not a socketserver.BaseServer subclass")
+    else:
+        base = _BASE_CLASSES[address.transport]
+    cls = servers.instrument(base, settings.mode)
+    attrs: dict[str, Any] = {
+        "allow_reuse_address": True,
+        "request_queue_size": settings.backlog,
+        "tcp_nodelay": settings.tcp_nodelay,
+        "overload": settings.overload,
+    }
+    if address.family == socket.AF_INET6:
+        attrs["address_family"] = address.family
+    if settings.max_children is not None:
+        attrs["max_children"] = settings.max_children
+    if settings.queue_size is not None:
+        attrs["queue_size"] = settings.queue_size
+    return type(cls.__name__, (cls,), attrs)
+
+
+def _tracer_provider(settings: Settings) -> Any:
+    if settings.traces == "none":
+        return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create())
+    provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    return provider
+
+
+def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
+    """Load, bind and wire everything; raise ConfigError/StartupError on failure."""
+    example = EXAMPLES.get(settings.handler)
+    if example is None and ":" not in settings.handler:
+        names = ", ".join(sorted(EXAMPLES))
+        raise ConfigError(
+            "HANDLER", f"{settings.handler!r} is not module:Class nor an example ({names})"
+        )
+    handler_spec = example.handler if example else settings.handler
+    handler = load_object(handler_spec, "HANDLER")
+    if not callable(handler):
+        raise ConfigError("HANDLER", f"{handler_spec!r} is not a request handler class")
+    address = parse_address(settings.bind or (example.bind if example else DEFAULT_BIND))
+    if address.transport not in ("tcp",) and settings.server is None and example and example.server:
+        raise ConfigError("--bind", f"{settings.handler!r} needs a tcp address (host:port)")
+    cls = _server_class(settings, address, example.server if example else None)
+    if getattr(cls, "socket_type", None) != _BASE_CLASSES[address.transport].socket_type:
+        raise ConfigError("--bind", f"{address} does not match the server class {cls.__name__}")
+
+    logger = make_logger(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
+    provider = _tracer_provider(settings)
+    telemetry = Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix)
+    admin_address = settings.admin_address
+    try:
+        server = cls(
+            address.address,
+            handler,
+            telemetry=telemetry,
+            logger=logger,
+            server_name=settings.server_name or settings.handler.rpartition(":")[2],
+        )
+    except OSError as exc:
+        raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None
+    admin = None
+    runtime = Runtime(
+        server,
+        drain_delay=settings.drain_delay,
+        graceful_timeout=settings.graceful_timeout,
+        poll_interval=settings.poll_interval,
+        liveness_timeout=settings.liveness_timeout,
+        logger=logger,
+    )
+    if admin_address is not None:
+        try:
+            admin = AdminServer(
+                admin_address.address, lifecycle=runtime.lifecycle, render_metrics=telemetry.render
+            )
+        except OSError as exc:
+            server.server_close()
+            raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
+    return App(settings, server, telemetry, runtime, admin, address, logger, provider)
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another process listens there; pick another port)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine"
+    return exc.strerror or str(exc)
+
+
+def run(settings: Settings, *, announce: IO[str] | None = None) -> int:
+    """Build and serve until stopped; return the exit status (0 clean, 1 forced)."""
+    app = build(settings)
+    print(app.describe(), file=announce or sys.stdout, flush=True)
+    return app.run()

@@ -1,0 +1,114 @@
+"""``python -m runtime HANDLER [flags]``: serve a socketserver handler in production.
+
+Flags override ``RUNTIME_*`` environment variables, which override defaults.
+A wrong setting gets one line on stderr naming it, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from .app import StartupError, build
+from .config import MODES, OVERLOAD, TRACES, ConfigError, settings_from
+from .examples import EXAMPLES
+from .telemetry.logging import FORMATS, LEVELS
+
+__all__ = ["main"]
+
+PROG = "runtime"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the setting and what is wrong.
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Serve a socketserver request handler with metrics, traces, "
+        "bounded pools, probes and graceful shutdown.",
+        epilog="Every flag has an environment variable: --max-children is RUNTIME_MAX_CHILDREN. "
+        f"Examples: {', '.join(sorted(EXAMPLES))}.",
+        argument_default=None,
+    )
+    a = p.add_argument
+    a(
+        "handler",
+        nargs="?",
+        metavar="HANDLER",
+        help="module:Class of a socketserver request handler, or an example name (default: echo)",
+    )
+    a(
+        "--bind",
+        metavar="ADDR",
+        help="host:port, udp://host:port, unix:/path or unixgram:/path (default: 127.0.0.1:9000)",
+    )
+    a("--mode", choices=MODES, help="sync, thread (default) or fork")
+    a(
+        "--server",
+        metavar="MODULE:CLASS",
+        help="socketserver server class to instrument, e.g. http.server:HTTPServer",
+    )
+    a(
+        "--max-children",
+        type=int,
+        metavar="N",
+        help="ceiling of worker threads (default 128) or forked children (default 40)",
+    )
+    a("--queue-size", type=int, metavar="N", help="thread hand-off queue (default: max-children)")
+    a("--overload", choices=OVERLOAD, help="when full: wait (backpressure, default) or reject")
+    a("--backlog", type=int, metavar="N", help="listen backlog (default 128)")
+    a(
+        "--tcp-nodelay",
+        action=argparse.BooleanOptionalAction,
+        help="set TCP_NODELAY on accepted connections (default on)",
+    )
+    a(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin port for /metrics /livez /readyz (default 127.0.0.1:9100; 'off' disables)",
+    )
+    a(
+        "--drain-delay",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, keep serving this long with readiness failing (default 5)",
+    )
+    a(
+        "--graceful-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="then wait this long for requests in flight before forcing them (default 30)",
+    )
+    a(
+        "--liveness-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="/livez fails when the serving loop made no progress for this long (default 30)",
+    )
+    a("--poll-interval", type=float, metavar="SECONDS", help="serve_forever poll interval")
+    a("--server-name", metavar="NAME", help="the 'server' metric label (default: handler name)")
+    a("--metrics-prefix", metavar="PREFIX", help="metric name prefix (default socketserver_)")
+    a("--log-level", choices=LEVELS, help="default info")
+    a("--log-format", choices=FORMATS, help="json, console, or auto (console on a TTY)")
+    a("--traces", choices=TRACES, help="trace exporter: none (default) or console")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = settings_from(os.environ if environ is None else environ, overrides)
+        app = build(settings)
+    except (ConfigError, StartupError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    print(app.describe(), flush=True)
+    return app.run()

@@ -1,0 +1,98 @@
+"""Run ``python -m runtime`` as a real process and talk to it on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")}
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def poll(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until *check()* is true, or fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class RuntimeProcess:
+    """``python -m runtime ARGS`` with its bound address and admin URL parsed from stdout."""
+
+    def __init__(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "runtime", *args]
+        if "--bind" not in args:
+            cmd += ["--bind", "127.0.0.1:0"]
+        if "--admin" not in args:
+            cmd += ["--admin", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**env(), **(extra_env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        second = self.proc.stdout.readline()
+        found = re.search(r"on tcp://([\d.]+):(\d+)", first)
+        if not found:
+            self.proc.kill()
+            raise AssertionError(f"no address in {first!r}; stderr: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+        self.address = (found.group(1), int(found.group(2)))
+        admin = re.search(r"admin (http://[\d.]+:\d+)/metrics", second)
+        self.admin = admin.group(1) if admin else ""
+
+    def get(self, path: str, accept: str = "") -> tuple[int, str, str]:
+        request = urllib.request.Request(self.admin + path, headers={"Accept": accept} if accept else {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return reply.status, reply.headers.get("Content-Type", ""), reply.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Content-Type", ""), err.read().decode()
+
+    def state(self) -> str:
+        return str(json.loads(self.get("/readyz")[2])["state"])
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> tuple[int, str]:
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
+
+
+def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout)
+    return sock
+
+
+def refused(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -1,0 +1,22 @@
+"""Request handlers the integration tests serve through ``python -m runtime``.
+
+Importable as ``handlers:Name`` with this folder on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import socketserver
+
+
+class HoldHandler(socketserver.StreamRequestHandler):
+    """Acks a ``hold`` line at once, then answers ``done`` only after the client says ``go``.
+
+    So a test knows exactly when a request is in flight, and decides when it ends.
+    """
+
+    def handle(self) -> None:
+        if not self.rfile.readline().startswith(b"hold"):
+            return
+        self.wfile.write(b"ack\n")
+        if self.rfile.readline().startswith(b"go"):
+            self.wfile.write(b"done\n")

@@ -1,0 +1,120 @@
+"""The admin side port: probes, metrics, content negotiation, 404/405, not counted."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import runtime
+from runtime.admin import AdminServer
+from runtime.lifecycle import Runtime, State
+
+
+class Echo(runtime.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.telemetry = runtime.Telemetry()
+        self.server = runtime.ThreadingTCPServer(
+            ("127.0.0.1", 0), Echo, telemetry=self.telemetry, server_name="app"
+        )
+        self.runtime = Runtime(self.server, drain_delay=30, handle_signals=False)
+        self.admin = AdminServer(
+            ("127.0.0.1", 0), lifecycle=self.runtime.lifecycle, render_metrics=self.telemetry.render
+        )
+        self.admin.start()
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(*self.admin.address, timeout=5)
+        conn.request(method, path, headers=headers or {})
+        reply = conn.getresponse()
+        body = reply.read()
+        conn.close()
+        return reply.status, dict(reply.headers), body
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    s = Stack()
+    yield s
+    s.admin.close()
+    s.server.server_close()
+
+
+def test_probes_follow_the_lifecycle(stack: Stack) -> None:
+    assert stack.request("GET", "/livez")[0] == 200
+    assert stack.request("GET", "/readyz")[0] == 503  # starting: not ready yet
+    stack.runtime.lifecycle.to(State.SERVING)
+    assert stack.request("GET", "/readyz")[0] == 200
+    stack.runtime.lifecycle.to(State.DRAINING)
+    assert stack.request("GET", "/readyz")[0] == 503
+    assert stack.request("GET", "/livez")[0] == 200
+    stack.runtime.lifecycle.heartbeat_at -= 3600
+    assert stack.request("GET", "/livez")[0] == 503
+
+
+def test_readiness_fails_the_moment_a_drain_begins(stack: Stack) -> None:
+    thread = threading.Thread(target=stack.runtime.run)
+    thread.start()
+    try:
+        deadline_ok = False
+        for _ in range(500):
+            if stack.request("GET", "/readyz")[0] == 200:
+                deadline_ok = True
+                break
+            threading.Event().wait(0.01)
+        assert deadline_ok
+        stack.runtime.stop()
+        assert stack.request("GET", "/readyz")[0] == 503  # at once, no loop turn needed
+    finally:
+        stack.runtime.stop(immediate=True)
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_metrics_text_and_openmetrics(stack: Stack) -> None:
+    with socket.create_connection(stack.server.server_address) as sock:
+        stack.server.handle_request()
+    del sock
+    status, headers, body = stack.request("GET", "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert b"socketserver_hook_duration_seconds_count" in body
+    status, headers, body = stack.request(
+        "GET", "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_unknown_path_404_other_methods_405(stack: Stack) -> None:
+    assert stack.request("GET", "/nope")[0] == 404
+    for method in ("POST", "PUT", "DELETE", "PATCH", "BREW"):
+        status, headers, _ = stack.request(method, "/livez")
+        assert status == 405, method
+        assert headers["Allow"] == "GET, HEAD"
+    status, _, body = stack.request("HEAD", "/livez")
+    assert status == 200 and body == b""
+
+
+def test_admin_traffic_is_not_application_traffic(stack: Stack) -> None:
+    for _ in range(5):
+        stack.request("GET", "/livez")
+    registry = stack.telemetry.registry
+    for outcome in ("ok", "error", "rejected"):
+        assert registry.get_sample_value(
+            "socketserver_requests_total", {"server": "app", "transport": "tcp", "outcome": outcome}
+        ) == 0.0
+    _, _, body = stack.request("GET", "/metrics")
+    assert b'server="app"' in body
+    assert b"admin" not in body.lower().replace(b"socketserver-runtime-admin", b"")

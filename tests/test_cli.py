@@ -1,0 +1,172 @@
+"""CLI and settings: one clear line and exit status 2 for every bad setting."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from _proc import ROOT, RuntimeProcess, connect, env
+
+from runtime.config import ConfigError, Settings, parse_address, settings_from
+
+
+def _run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args], cwd=ROOT, env={**env(), **(extra_env or {})},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def busy_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]  # type: ignore[misc]
+    sock.close()
+
+
+BAD = [
+    (["nosuchmodule_xyz:Handler"], {}, "HANDLER", "cannot import module"),
+    (["handlers:Missing"], {}, "HANDLER", "has no 'Missing'"),
+    (["nonsense-name"], {}, "HANDLER", "not module:Class"),
+    (["--max-children", "0"], {}, "--max-children", "at least 1"),
+    (["--max-children", "many"], {}, "--max-children", "invalid int"),
+    (["--bind", "127.0.0.1"], {}, "--bind", "not host:port"),
+    (["--bind", "127.0.0.1:99999"], {}, "--bind", "0-65535"),
+    (["--bind", "::1:9000"], {}, "--bind", "brackets"),
+    (["--bind", "unix:"], {}, "--bind", "no socket path"),
+    (["--mode", "async"], {}, "--mode", "invalid choice"),
+    (["--drain-delay", "-1"], {}, "--drain-delay", "0 or more"),
+    (["--server", "builtins:dict"], {}, "--server", "not a socketserver.BaseServer"),
+    (["--server", "nosuchmodule_xyz:Server"], {}, "--server", "cannot import"),
+    ([], {"RUNTIME_MAX_CHILDREN": "lots"}, "RUNTIME_MAX_CHILDREN", "not a valid int"),
+    ([], {"RUNTIME_MAX_CHILDERN": "8"}, "RUNTIME_MAX_CHILDERN", "unknown setting"),
+    ([], {"RUNTIME_MODE": "turbo"}, "--mode", "not one of"),
+]
+
+
+@pytest.mark.parametrize(("args", "environ", "setting", "reason"), BAD)
+def test_bad_setting_gives_one_line_and_status_2(
+    args: list[str], environ: dict[str, str], setting: str, reason: str
+) -> None:
+    result = _run(*args, "--admin", "off", extra_env=environ)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("runtime: error: ")
+    assert setting in lines[0] and reason in lines[0]
+    assert result.stdout == ""
+
+
+def test_port_in_use_is_one_line_and_status_2(busy_port: int) -> None:
+    result = _run("--bind", f"127.0.0.1:{busy_port}", "--admin", "off")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"runtime: error: --bind: 127.0.0.1:{busy_port}: address already in use "
+        "(another process listens there; pick another port)"
+    )
+
+
+def test_admin_port_in_use_is_one_line_and_status_2(busy_port: int) -> None:
+    result = _run("--bind", "127.0.0.1:0", "--admin", f"127.0.0.1:{busy_port}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--admin" in lines[0] and "already in use" in lines[0]
+
+
+def test_environment_configures_and_flags_win() -> None:
+    s = settings_from(
+        {"RUNTIME_MAX_CHILDREN": "8", "RUNTIME_MODE": "fork", "RUNTIME_TCP_NODELAY": "off",
+         "PATH": "/bin"},
+        {"mode": "sync"},
+    )  # fmt: skip
+    assert (s.max_children, s.mode, s.tcp_nodelay) == (8, "sync", False)
+
+
+def test_settings_are_frozen_and_keyword_only() -> None:
+    s = Settings()
+    with pytest.raises(AttributeError):
+        s.mode = "fork"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Settings("echo")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "transport", "address"),
+    [
+        ("127.0.0.1:9000", "tcp", ("127.0.0.1", 9000)),
+        ("tcp://0.0.0.0:1", "tcp", ("0.0.0.0", 1)),
+        ("udp://127.0.0.1:53", "udp", ("127.0.0.1", 53)),
+        ("[::1]:8080", "tcp", ("::1", 8080)),
+        ("unix:/tmp/x.sock", "unix", "/tmp/x.sock"),
+        ("unixgram:/tmp/y.sock", "unixgram", "/tmp/y.sock"),
+    ],
+)
+def test_parse_address(text: str, transport: str, address: object) -> None:
+    parsed = parse_address(text)
+    assert (parsed.transport, parsed.address) == (transport, address)
+
+
+def test_config_error_names_the_setting() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(queue_size=-1)
+    assert info.value.setting == "--queue-size"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("example", "bind", "probe"),
+    [
+        ("echo", "127.0.0.1:0", "tcp"),
+        ("http_hello", "127.0.0.1:0", "http"),
+    ],
+)
+def test_bundled_examples_serve(example: str, bind: str, probe: str) -> None:
+    rt = RuntimeProcess(example, "--bind", bind, "--drain-delay", "0")
+    try:
+        if probe == "tcp":
+            sock = connect(rt.address)
+            sock.sendall(b"hello\n")
+            assert sock.makefile("rb").readline() == b"hello\n"
+            sock.close()
+        else:
+            import urllib.request
+
+            url = f"http://{rt.address[0]}:{rt.address[1]}/"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                assert reply.read() == b"hello, world\n"
+        status, _, body = rt.get("/metrics")
+        assert status == 200
+        assert f'socketserver_requests_total{{outcome="ok",server="{example}",transport="tcp"}} 1.0' in body
+    finally:
+        rt.close()
+
+
+@pytest.mark.timeout(30)
+def test_udp_echo_example() -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    result_proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "udp_echo", "--bind", f"udp://127.0.0.1:{port}",
+         "--admin", "off", "--drain-delay", "0"],
+        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert result_proc.stdout is not None
+        assert f"udp://127.0.0.1:{port}" in result_proc.stdout.readline()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.settimeout(5)
+        client.sendto(b"datagram", ("127.0.0.1", port))
+        assert client.recvfrom(100)[0] == b"datagram"
+        client.close()
+        result_proc.terminate()
+        assert result_proc.wait(timeout=10) == 0
+    finally:
+        if result_proc.poll() is None:
+            result_proc.kill()
+        result_proc.communicate(timeout=10)

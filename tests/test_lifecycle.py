@@ -1,0 +1,250 @@
+"""Lifecycle: the state machine, signals, and the graceful drain with real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from typing import Any
+
+import pytest
+from _proc import RuntimeProcess, connect, poll, refused
+
+from runtime.lifecycle import TRANSITIONS, InvalidTransition, Lifecycle, Runtime, State
+
+# -- the state machine, no sockets ------------------------------------------------
+
+
+def test_transitions_follow_the_table() -> None:
+    seen: list[tuple[State, State]] = []
+    life = Lifecycle(on_change=lambda old, new, _spent: seen.append((old, new)))
+    life.to(State.SERVING)
+    life.to(State.DRAINING)
+    life.to(State.STOPPED)
+    assert seen == [
+        (State.STARTING, State.SERVING),
+        (State.SERVING, State.DRAINING),
+        (State.DRAINING, State.STOPPED),
+    ]
+    assert TRANSITIONS[State.STOPPED] == frozenset()
+
+
+def test_invalid_transition_raises() -> None:
+    life = Lifecycle()
+    life.to(State.SERVING)
+    life.to(State.DRAINING)
+    with pytest.raises(InvalidTransition):
+        life.to(State.SERVING)
+
+
+def test_ready_only_while_serving_and_live_while_draining() -> None:
+    life = Lifecycle()
+    assert not life.ready()
+    life.to(State.SERVING)
+    assert life.ready() and life.live()
+    life.stop_requested = True  # what a signal handler does
+    assert not life.ready() and life.live()
+    life.to(State.DRAINING)
+    assert not life.ready() and life.live()
+
+
+def test_liveness_fails_when_the_heartbeat_is_stale() -> None:
+    life = Lifecycle(liveness_timeout=5.0)
+    life.to(State.SERVING)
+    life.heartbeat_at -= 10.0  # the loop has made no progress for 10 s
+    assert not life.live()
+    life.heartbeat()
+    assert life.live()
+
+
+class _FakeServer:
+    """Just what Runtime.tick touches: no sockets needed to test the decisions."""
+
+    server_label = "fake"
+
+    def __init__(self) -> None:
+        self._rt_shutdown_request = False
+        self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def _runtime(**kw: Any) -> tuple[Runtime, _FakeServer]:
+    import structlog
+
+    server = _FakeServer()
+    rt = Runtime(server, logger=structlog.get_logger(), handle_signals=False, **kw)
+    rt.lifecycle.to(State.SERVING)
+    return rt, server
+
+
+def test_signal_handler_only_records_and_wakes_the_loop() -> None:
+    rt, server = _runtime(drain_delay=60)
+    rt._on_signal(signal.SIGTERM)
+    assert server.woken == 1
+    assert rt.lifecycle.state is State.SERVING  # nothing acted yet...
+    assert not rt.lifecycle.ready()  # ...but readiness already fails
+    wait = rt.tick()
+    assert rt.lifecycle.state is State.DRAINING
+    assert wait is not None and 0 < wait <= 60
+    assert not server._rt_shutdown_request  # still serving during drain_delay
+
+
+def test_drain_delay_zero_stops_the_loop_on_the_next_tick() -> None:
+    rt, server = _runtime(drain_delay=0)
+    rt.stop()
+    rt.tick()
+    assert server._rt_shutdown_request
+
+
+def test_second_signal_stops_now() -> None:
+    rt, server = _runtime(drain_delay=60)
+    rt._on_signal(signal.SIGINT)
+    rt.tick()
+    assert not server._rt_shutdown_request
+    rt._on_signal(signal.SIGINT)
+    rt.tick()
+    assert server._rt_shutdown_request and rt._immediate
+
+
+def test_sigquit_stops_now() -> None:
+    rt, server = _runtime(drain_delay=60)
+    rt._on_signal(signal.SIGQUIT)
+    rt.tick()
+    assert server._rt_shutdown_request and rt._immediate
+
+
+# -- real processes ----------------------------------------------------------------
+
+
+def _hold(address: tuple[str, int], n: int) -> list[tuple[socket.socket, Any]]:
+    clients = []
+    for _ in range(n):
+        sock = connect(address)
+        sock.sendall(b"hold\n")
+        clients.append((sock, sock.makefile("rb")))
+    for _, reader in clients:
+        assert reader.readline() == b"ack\n"  # in flight now
+    return clients
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["thread", "fork"])
+def test_sigterm_drains_50_requests_in_flight(mode: str) -> None:
+    rt = RuntimeProcess(
+        "handlers:HoldHandler", "--mode", mode, "--max-children", "64",
+        "--drain-delay", "0.3", "--graceful-timeout", "30",
+    )  # fmt: skip
+    clients: list[tuple[socket.socket, Any]] = []
+    try:
+        clients = _hold(rt.address, 50)
+        assert rt.get("/readyz")[0] == 200
+        rt.signal(signal.SIGTERM)
+        poll(lambda: rt.get("/readyz")[0] == 503, what="readiness to fail")
+        assert rt.get("/livez")[0] == 200  # draining is alive
+        poll(lambda: refused(rt.address), what="the listener to close")
+        for sock, _ in clients:
+            sock.sendall(b"go\n")
+        answered = sum(reader.readline() == b"done\n" for _, reader in clients)
+        assert answered == 50
+        code, err = rt.wait()
+        assert code == 0, err
+        states = [e["state"] for e in _events(err) if e["event"] == "lifecycle"]
+        assert states == ["serving", "draining", "stopped"]
+    finally:
+        for sock, _ in clients:
+            sock.close()
+        rt.close()
+
+
+@pytest.mark.timeout(60)
+def test_backlog_queued_in_the_kernel_is_served_not_dropped() -> None:
+    # A synchronous server busy with one request cannot accept; four more
+    # connections wait in the kernel's backlog when SIGTERM arrives.
+    rt = RuntimeProcess("handlers:HoldHandler", "--mode", "sync", "--drain-delay", "0")
+    first: list[tuple[socket.socket, Any]] = []
+    queued: list[tuple[socket.socket, Any]] = []
+    try:
+        first = _hold(rt.address, 1)
+        for _ in range(4):
+            sock = connect(rt.address)
+            sock.sendall(b"hold\ngo\n")
+            queued.append((sock, sock.makefile("rb")))
+        rt.signal(signal.SIGTERM)
+        poll(lambda: rt.get("/readyz")[0] == 503, what="readiness to fail at once")
+        first[0][0].sendall(b"go\n")
+        assert first[0][1].readline() == b"done\n"
+        for _, reader in queued:
+            assert reader.readline() == b"ack\n"
+            assert reader.readline() == b"done\n"
+        code, err = rt.wait()
+        assert code == 0, err
+        closed = [e for e in _events(err) if e["event"] == "listener closed"]
+        assert closed[0]["backlog_taken"] == 4
+    finally:
+        for sock, _ in first + queued:
+            sock.close()
+        rt.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["thread", "fork"])
+def test_graceful_timeout_forces_the_rest_and_exits_1(mode: str) -> None:
+    rt = RuntimeProcess(
+        "handlers:HoldHandler", "--mode", mode, "--drain-delay", "0", "--graceful-timeout", "0.5"
+    )
+    clients: list[tuple[socket.socket, Any]] = []
+    try:
+        clients = _hold(rt.address, 3)
+        rt.signal(signal.SIGTERM)
+        code, err = rt.wait(timeout=20)
+        assert code == 1
+        forced = [e for e in _events(err) if e["event"] == "forced requests"]
+        assert forced and forced[0]["forced"] == 3
+        for _, reader in clients:  # the connections were cut, not left hanging
+            assert reader.readline() == b""
+    finally:
+        for sock, _ in clients:
+            sock.close()
+        rt.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGQUIT])
+def test_second_signal_or_sigquit_stops_at_once(second: int) -> None:
+    rt = RuntimeProcess(
+        "handlers:HoldHandler", "--drain-delay", "60", "--graceful-timeout", "60"
+    )
+    clients: list[tuple[socket.socket, Any]] = []
+    try:
+        clients = _hold(rt.address, 2)
+        rt.signal(signal.SIGTERM)
+        poll(lambda: rt.state() == "draining", what="the drain to begin")
+        rt.signal(second)
+        code, err = rt.wait(timeout=15)  # far less than drain delay + graceful timeout
+        assert code == 1  # two requests were cut
+        assert any(e["event"] == "stopping now" for e in _events(err))
+    finally:
+        for sock, _ in clients:
+            sock.close()
+        rt.close()
+
+
+@pytest.mark.timeout(30)
+def test_idle_server_exits_0_on_sigint() -> None:
+    rt = RuntimeProcess("echo", "--drain-delay", "0")
+    try:
+        sock = connect(rt.address)
+        sock.sendall(b"ping\n")
+        assert sock.makefile("rb").readline() == b"ping\n"
+        sock.close()
+        rt.signal(signal.SIGINT)
+        code, _ = rt.wait()
+        assert code == 0
+    finally:
+        rt.close()
