@@ -15,6 +15,7 @@ from socketserver import (  # same objects as the standard library's
     DatagramRequestHandler,
     StreamRequestHandler,
 )
+from typing import Any
 
 from .lifecycle import Lifecycle, Runtime, State
 from .pools import ForkingMixIn, ThreadingMixIn, WorkerPool
@@ -71,10 +72,31 @@ __all__ = [
 ]
 
 
-def serve(server: BaseServer, **options: object) -> int:
-    """Run *server* under a :class:`Runtime` (signals, graceful drain); return the exit status.
+def serve(
+    server: InstrumentedMixIn, *, admin: tuple[str, int] | None = None, **options: Any
+) -> int:
+    """Run *server* with signals, a graceful drain and (given *admin*) the admin port.
 
-    *options* are :class:`Runtime`'s keyword arguments (``drain_delay``,
-    ``graceful_timeout``, ...).  For the admin port, use :func:`runtime.app.run`.
+    Blocks until stopped (SIGTERM/SIGINT, or ``Runtime.stop``) and returns the
+    exit status: 0 if nothing was forced, else 1.  *options* are
+    :class:`Runtime`'s keyword arguments (``drain_delay``, ``graceful_timeout``,
+    ...).  ``/metrics`` renders the server's :class:`Telemetry`, if it has one.
     """
-    return Runtime(server, **options).run()  # type: ignore[arg-type]
+    from .admin import AdminServer
+
+    rt = Runtime(server, **options)
+    port = None
+    if admin is not None:
+        telemetry = server.telemetry
+        render = telemetry.render if isinstance(telemetry, Telemetry) else _no_metrics
+        port = AdminServer(admin, lifecycle=rt.lifecycle, render_metrics=render)
+        port.start()
+    try:
+        return rt.run()
+    finally:
+        if port is not None:
+            port.close()
+
+
+def _no_metrics(_accept: str) -> tuple[bytes, str]:
+    return b"# no telemetry configured for this server\n", "text/plain; version=0.0.4"

@@ -357,7 +357,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             # a Ctrl-C sent to the whole process group must not cut requests.
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
-            self._rt_tel = _ChildTelemetry(getattr(self, "_rt_tel", NULL))
+            parent_tel: ServerTelemetry = getattr(self, "_rt_tel", NULL)
+            parent_tel.child_begin()
+            self._rt_tel = _ChildTelemetry(parent_tel)
             self._rt_children = None
             if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
                 # Our copy of the listener would keep it open (and accepting into
@@ -374,7 +376,12 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                     self.shutdown_request(request)  # type: ignore[attr-defined]
                 finally:
                     if record is not None:
-                        report = (record.hooks[before:], record.error_hook, record.error_type)
+                        report = (
+                            record.hooks[before:],
+                            record.error_hook,
+                            record.error_type,
+                            parent_tel.child_end(),
+                        )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
             os._exit(status)
@@ -427,7 +434,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         if record is None:
             return
         if child.buffer:
-            hooks, error_hook, error_type = pickle.loads(bytes(child.buffer))
+            hooks, error_hook, error_type, extra = pickle.loads(bytes(child.buffer))
+            if extra is not None:
+                tel.child_merge(extra)
             for name, start, end in hooks:
                 record.hooks.append((name, start, end))
                 tel.hook(name, end - start)

@@ -147,6 +147,7 @@ class InstrumentedMixIn:
         self._rt_records: dict[int, RequestRecord] = {}
         self._rt_idle = threading.Condition()
         self._rt_tel: ServerTelemetry = NULL
+        self.telemetry: TelemetryFactory | None = None
         self._rt_handlers: dict[Any, Any] = {}
         self._rt_shutdown_request = False
         self._rt_is_shut_down = threading.Event()
@@ -175,6 +176,7 @@ class InstrumentedMixIn:
 
     def use_telemetry(self, telemetry: TelemetryFactory | None) -> None:
         """Bind this server to *telemetry* (None: no telemetry)."""
+        self.telemetry = telemetry
         self._rt_tel = NULL if telemetry is None else telemetry.bind(self)
 
     def set_controller(self, controller: LoopController | None) -> None:

@@ -105,3 +105,14 @@ class _Bound:
 
     def flush(self, timeout: float) -> None:
         self._owner.flush(timeout)
+
+    def child_begin(self) -> None:
+        if self._tracing is not None:
+            self._tracing.child_begin()
+
+    def child_end(self) -> object:
+        return self._tracing.child_end() if self._tracing is not None else None
+
+    def child_merge(self, payload: object) -> None:
+        if self._tracing is not None:
+            self._tracing.child_merge(payload)

@@ -100,6 +100,14 @@ class ServerTelemetry(Protocol):
 
     def flush(self, timeout: float) -> None: ...
 
+    # Forked children: begin/end run in the child around the request, and what
+    # child_end returns (picklable) reaches child_merge in the parent.
+    def child_begin(self) -> None: ...
+
+    def child_end(self) -> object: ...
+
+    def child_merge(self, payload: object) -> None: ...
+
 
 class NullTelemetry:
     """Does nothing; the default when no telemetry is configured."""
@@ -135,6 +143,15 @@ class NullTelemetry:
         pass
 
     def flush(self, timeout: float) -> None:
+        pass
+
+    def child_begin(self) -> None:
+        pass
+
+    def child_end(self) -> object:
+        return None
+
+    def child_merge(self, payload: object) -> None:
         pass
 
 

@@ -29,8 +29,10 @@ class Tracing:
     def __init__(
         self, tracer_provider: trace.TracerProvider | None = None, *, hook_spans: bool = False
     ) -> None:
-        self.provider = tracer_provider
-        self.tracer = trace.get_tracer("socketserver-runtime", __version__, tracer_provider)
+        self.provider = (
+            tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        )
+        self.tracer = trace.get_tracer("socketserver-runtime", __version__, self.provider)
         self.hook_spans = hook_spans
 
     def bind(self, server: Any) -> ServerTracing:
@@ -52,6 +54,8 @@ def _address_attributes(prefix: str, address: Any) -> dict[str, Any]:
 
 class ServerTracing:
     def __init__(self, tracing: Tracing, server: Any) -> None:
+        self._provider: Any = tracing.provider
+        self._capture: Any = None
         self._tracer = tracing.tracer
         self._hook_spans = tracing.hook_spans
         handler = getattr(server.RequestHandlerClass, "__name__", "request")
@@ -110,3 +114,28 @@ class ServerTracing:
                     span.record_exception(record.error, timestamp=ns(end))
                 span.set_status(Status(StatusCode.ERROR, record.error_type))
         span.end(ns(end))
+
+    # -- forked children: their spans travel to the parent ----------------------
+
+    def child_begin(self) -> None:
+        active = getattr(self._provider, "_active_span_processor", None)
+        if active is not None and hasattr(active, "_span_processors"):
+            # An SDK provider: in this child's copy of it, ended spans go only to
+            # the capture, so they are exported once, by the parent.
+            from ._forked import Capture
+
+            self._capture = Capture()
+            active._span_processors = (self._capture,)
+
+    def child_end(self) -> object:
+        return self._capture.spans if self._capture is not None else None
+
+    def child_merge(self, payload: object) -> None:
+        processor = getattr(self._provider, "_active_span_processor", None)
+        if not payload or processor is None:
+            return
+        from ._forked import decode
+
+        resource = getattr(self._provider, "resource", None)
+        for data in payload:  # type: ignore[attr-defined]
+            processor.on_end(decode(data, resource))
