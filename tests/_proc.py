@@ -60,7 +60,8 @@ class RuntimeProcess:
         self.admin = admin.group(1) if admin else ""
 
     def get(self, path: str, accept: str = "") -> tuple[int, str, str]:
-        request = urllib.request.Request(self.admin + path, headers={"Accept": accept} if accept else {})
+        headers = {"Accept": accept} if accept else {}
+        request = urllib.request.Request(self.admin + path, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=5) as reply:
                 return reply.status, reply.headers.get("Content-Type", ""), reply.read().decode()

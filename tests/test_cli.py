@@ -140,7 +140,8 @@ def test_bundled_examples_serve(example: str, bind: str, probe: str) -> None:
                 assert reply.read() == b"hello, world\n"
         status, _, body = rt.get("/metrics")
         assert status == 200
-        assert f'socketserver_requests_total{{outcome="ok",server="{example}",transport="tcp"}} 1.0' in body
+        labels = f'outcome="ok",server="{example}",transport="tcp"'
+        assert f"socketserver_requests_total{{{labels}}} 1.0" in body
     finally:
         rt.close()
 
