@@ -336,7 +336,12 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             self._rt_tel.queue_wait(perf_counter() - start)
         record = getattr(self, "_rt_records", {}).get(id(request))
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # e.g. EAGAIN at a process limit: the loop reports it
+            os.close(read_end)
+            os.close(write_end)
+            raise
         if pid:
             os.close(write_end)
             children[pid] = _Child(pid, read_end, record)

@@ -35,6 +35,7 @@ asks the loop to stop and returns.
 
 from __future__ import annotations
 
+import inspect
 import os
 import selectors
 import socket
@@ -133,6 +134,10 @@ class InstrumentedMixIn:
     timeout: float | None
     address_family: int
     socket_type: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _constructor_signature(cls)  # type: ignore[attr-defined]
 
     def __init__(
         self,
@@ -487,6 +492,33 @@ class InstrumentedMixIn:
             for fd in self._rt_wakeup:
                 os.close(fd)
             self._rt_wakeup = None
+
+
+def _constructor_signature(cls: type) -> inspect.Signature:
+    """The signature of the standard constructor *cls* extends, plus our keyword-only extras.
+
+    ``InstrumentedMixIn.__init__`` passes ``*args, **kwargs`` through, which
+    would hide ``server_address, RequestHandlerClass, bind_and_activate`` from
+    ``help()`` and ``inspect.signature``.
+    """
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is InstrumentedMixIn:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # without self
+        if issubclass(klass, InstrumentedMixIn):
+            return inspect.Signature(params)  # a subclass with its own constructor
+        break
+    else:  # pragma: no cover - every server has BaseServer.__init__
+        params = []
+    extras = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for name, p in inspect.signature(InstrumentedMixIn.__init__).parameters.items()
+        if name in ("telemetry", "logger", "server_name")
+    ]
+    variadic = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    fixed = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return inspect.Signature(fixed + extras + variadic)
 
 
 def _format_address(address: Any) -> str:
