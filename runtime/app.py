@@ -130,6 +130,7 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
         "allow_reuse_address": True,
         "request_queue_size": settings.backlog,
         "tcp_nodelay": settings.tcp_nodelay,
+        "access_log": settings.access_log,
         "overload": settings.overload,
     }
     if address.family == socket.AF_INET6:

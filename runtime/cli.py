@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     a("--metrics-prefix", metavar="PREFIX", help="metric name prefix (default socketserver_)")
     a("--log-level", choices=LEVELS, help="default info")
     a("--log-format", choices=FORMATS, help="json, console, or auto (console on a TTY)")
+    a(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="one log line per request (default on)",
+    )
     a("--traces", choices=TRACES, help="trace exporter: none (default) or console")
     return p
 

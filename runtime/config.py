@@ -111,6 +111,7 @@ class Settings:
     metrics_prefix: str = "socketserver_"
     log_level: str = "info"
     log_format: str = "auto"
+    access_log: bool = True
     traces: str = "none"
 
     def __post_init__(self) -> None:

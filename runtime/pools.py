@@ -144,6 +144,7 @@ class WorkerPool:
                 item = None
             with self._lock:
                 self._idle += 1
+                self._space.notify()  # a submitter waiting for room can hand over now
                 while not self._items and not self._closing:
                     if not self._work.wait(self.idle_timeout) and not self._items:
                         break
@@ -386,6 +387,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             record.error_hook,
                             record.error_type,
                             parent_tel.child_end(),
+                            perf_counter(),  # CLOCK_MONOTONIC: comparable in the parent
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
@@ -438,8 +440,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         record = child.record
         if record is None:
             return
+        end = None
         if child.buffer:
-            hooks, error_hook, error_type, extra = pickle.loads(bytes(child.buffer))
+            hooks, error_hook, error_type, extra, end = pickle.loads(bytes(child.buffer))
             if extra is not None:
                 tel.child_merge(extra)
             for name, start, end in hooks:
@@ -454,7 +457,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             record.error_hook, record.error_type = "process_request", "ChildExit"
         release = getattr(self, "_rt_release", None)
         if release is not None:
-            release(record)  # stands for the child's shutdown_request
+            release(record, end)  # stands for the child's shutdown_request
 
     def runtime_stats(self) -> dict[str, float]:
         stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]

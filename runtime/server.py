@@ -27,6 +27,7 @@ Class variables that may be overridden:
   ``server_name=`` constructor argument sets it.  Not ``server_name``, which
   ``http.server.HTTPServer`` uses for the host name)
 - ``tcp_nodelay``: set TCP_NODELAY on accepted TCP connections (default True)
+- ``access_log``: one structured log line per request (default True)
 
 Unlike the standard library, ``shutdown()`` called from the serving thread
 (for example from a handler in a synchronous server) does not deadlock: it
@@ -35,7 +36,9 @@ asks the loop to stop and returns.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
 import os
 import selectors
 import socket
@@ -59,6 +62,8 @@ _HANDLER_HOOKS = ("setup", "handle", "finish")
 # each release once; whoever pops the last (0) finishes the record.  list.pop
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
+_TAKEN, _EMPTY, _FAILED = 1, 0, -1
+_MAX_ACCEPT_FAILURES = 8
 
 
 class TelemetryFactory(Protocol):
@@ -85,35 +90,36 @@ def _transport(family: int, kind: int) -> str:
     return "udp" if kind == socket.SOCK_DGRAM else "tcp"
 
 
-def _instrument_handler(base: type) -> type:
-    """A subclass of *base* whose ``setup``/``handle``/``finish`` are timed.
+# How to run a RequestHandlerClass with its hooks timed: (class, partial args,
+# partial keywords), or None to call it as it is (not a plain class).
+_HandlerPlan = tuple[type, tuple[Any, ...], dict[str, Any]] | None
 
-    Same name, module and behaviour; ``isinstance(handler, base)`` holds.
-    """
 
-    def wrap(name: str) -> Callable[[Any], Any]:
-        def hook(self: Any) -> Any:
-            server = self.server
-            record = server._rt_records.get(id(self.request))
-            start = perf_counter()
-            try:
-                return getattr(super(cls, self), name)()
-            except BaseException as exc:
-                if record is not None:
-                    record.fail(name, exc)
-                raise
-            finally:
-                server._rt_timed(record, name, start, perf_counter())
+def _handler_plan(factory: Any) -> _HandlerPlan:
+    cls, args, keywords = factory, (), {}
+    if isinstance(factory, functools.partial):  # http.server's way to pass directory=
+        cls, args, keywords = factory.func, factory.args, dict(factory.keywords)
+    if (
+        isinstance(cls, type)
+        and cls.__new__ is object.__new__  # type: ignore[comparison-overlap]
+        and all(callable(getattr(cls, hook, None)) for hook in _HANDLER_HOOKS)
+    ):
+        return cls, args, keywords
+    return None
 
-        hook.__name__ = hook.__qualname__ = name
-        return hook
 
-    namespace: dict[str, Any] = {name: wrap(name) for name in _HANDLER_HOOKS}
-    namespace["__module__"] = base.__module__
-    namespace["__qualname__"] = base.__qualname__
-    namespace["__doc__"] = base.__doc__
-    cls = type(base.__name__, (base,), namespace)
-    return cls
+def _timed_hook(
+    server: InstrumentedMixIn, record: RequestRecord | None, name: str, method: Callable[[], Any]
+) -> Any:
+    start = perf_counter()
+    try:
+        return method()
+    except BaseException as exc:
+        if record is not None:
+            record.fail(name, exc)
+        raise
+    finally:
+        server._rt_timed(record, name, start, perf_counter())
 
 
 class InstrumentedMixIn:
@@ -126,6 +132,7 @@ class InstrumentedMixIn:
 
     server_label: str | None = None
     tcp_nodelay = True
+    access_log = True
 
     # Declared for mypy; socketserver.BaseServer provides these.
     socket: socket.socket
@@ -171,6 +178,8 @@ class InstrumentedMixIn:
             self.server_label = type(self).__name__
         if telemetry is not None:
             self.use_telemetry(telemetry)
+        # Decided once: a filtered level costs nothing per request.
+        self._rt_access = self.access_log and _enabled(logger, logging.INFO)
 
     # -- configuration ---------------------------------------------------------
 
@@ -267,10 +276,11 @@ class InstrumentedMixIn:
     def _handle_request_noblock(self) -> None:
         self._rt_accept_one()
 
-    def _rt_accept_one(self) -> bool:
+    def _rt_accept_one(self) -> int:
         """Take one connection or datagram through the hook chain.
 
-        Returns False when there was nothing to take (the socket would block).
+        Returns ``_TAKEN``, ``_EMPTY`` (the socket would block) or ``_FAILED``
+        (``get_request`` raised, counted as an error).
         """
         tel = self._rt_tel
         wall = time_ns()
@@ -278,11 +288,11 @@ class InstrumentedMixIn:
         try:
             request, client_address = self.get_request()  # type: ignore[attr-defined]
         except BlockingIOError:
-            return False
+            return _EMPTY
         except OSError as exc:
             tel.hook("get_request", perf_counter() - start)
             tel.error("get_request", type(exc).__name__)
-            return True
+            return _FAILED
         now = perf_counter()
         record = RequestRecord(request, client_address, start, wall)
         record.refs = [_LAST, _NOT_LAST]
@@ -300,7 +310,7 @@ class InstrumentedMixIn:
             if not accepted:
                 record.rejected = "verify_request"
                 self.shutdown_request(request)
-                return True
+                return _TAKEN
             try:
                 self.process_request(request, client_address)  # type: ignore[attr-defined]
             finally:
@@ -314,7 +324,7 @@ class InstrumentedMixIn:
             raise
         finally:
             self._rt_release(record)
-        return True
+        return _TAKEN
 
     def _rt_set_nodelay(self, request: Any) -> None:
         if self.address_family in (socket.AF_INET, socket.AF_INET6):
@@ -371,7 +381,7 @@ class InstrumentedMixIn:
         token = tel.activate(record) if record is not None else None
         start = perf_counter()
         try:
-            self._rt_handler_class()(request, client_address, self)
+            self._rt_run_handler(request, client_address, record)
         except BaseException as exc:
             if record is not None:
                 record.fail("finish_request", exc)
@@ -395,28 +405,56 @@ class InstrumentedMixIn:
         """Log the failure as one structured line with its traceback (not stderr)."""
         record = self._rt_records.get(id(request))
         start = perf_counter()
+        # The request's span is current, so the line carries its trace_id.
+        token = self._rt_tel.activate(record) if record is not None else None
         try:
-            self.logger.error(
-                "request failed",
-                server=self.server_label,
-                client=_format_address(client_address),
-                hook=record.error_hook if record is not None else None,
-                exc_info=True,
-            )
+            self._rt_log_error(record, client_address)
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
+            self._rt_tel.error("handle_error", type(exc).__name__)
         finally:
+            if token is not None:
+                self._rt_tel.deactivate(token)
             self._rt_timed(record, "handle_error", start, perf_counter())
 
-    def _rt_handler_class(self) -> Any:
-        base = self.RequestHandlerClass
+    def _rt_log_error(self, record: RequestRecord | None, client_address: Any) -> None:
+        self.logger.error(
+            "request failed",
+            server=self.server_label,
+            client=_format_address(client_address),
+            hook=record.error_hook if record is not None else None,
+            exc_info=True,
+        )
+
+    def _rt_run_handler(
+        self, request: Any, client_address: Any, record: RequestRecord | None
+    ) -> None:
+        """Instantiate the handler with its setup/handle/finish timed.
+
+        The handler is an instance of the user's own class (``type(self) is
+        Handler`` holds); the timed hooks are instance attributes that live
+        only while its constructor runs.
+        """
+        factory = self.RequestHandlerClass
         try:
-            return self._rt_handlers[base]
+            plan = self._rt_handlers[factory]
         except KeyError:
-            pass
-        wrapped = base
-        if isinstance(base, type) and all(callable(getattr(base, h, None)) for h in _HANDLER_HOOKS):
-            wrapped = _instrument_handler(base)
-        self._rt_handlers[base] = wrapped
-        return wrapped
+            plan = self._rt_handlers[factory] = _handler_plan(factory)
+        if plan is None:
+            factory(request, client_address, self)
+            return
+        cls, args, keywords = plan
+        handler = cls.__new__(cls)
+        attrs = getattr(handler, "__dict__", None)
+        if attrs is None:  # __slots__ without __dict__: run untimed
+            handler.__init__(*args, request, client_address, self, **keywords)
+            return
+        for hook in _HANDLER_HOOKS:
+            attrs[hook] = functools.partial(_timed_hook, self, record, hook, getattr(handler, hook))
+        try:
+            handler.__init__(*args, request, client_address, self, **keywords)
+        finally:
+            for hook in _HANDLER_HOOKS:  # no cycle handler -> partial -> bound method
+                attrs.pop(hook, None)
 
     # -- records ---------------------------------------------------------------
 
@@ -425,31 +463,70 @@ class InstrumentedMixIn:
             record.hooks.append((name, start, end))
         self._rt_tel.hook(name, end - start)
 
-    def _rt_release(self, record: RequestRecord) -> None:
-        if record.refs.pop() == _LAST:
-            self._rt_finish(record, perf_counter())
+    def _rt_release(self, record: RequestRecord, end: float | None = None) -> None:
+        try:
+            last = record.refs.pop()
+        except IndexError:  # shutdown_request called again (e.g. by a handler): done already
+            return
+        if last == _LAST:
+            self._rt_finish(record, perf_counter() if end is None else end)
 
     def _rt_finish(self, record: RequestRecord, end: float) -> None:
         tel = self._rt_tel
         if record.rejected:
             tel.rejected(record.rejected)
-        elif record.error_type:
+        if record.error_type:  # e.g. a handle_overload that raised: both are counted
             tel.error(record.error_hook, record.error_type)
         tel.request_finished(record, end)
+        if self._rt_access:
+            try:
+                self._rt_log_access(record, end)
+            except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
+                tel.error("access_log", type(exc).__name__)
         with self._rt_idle:
             self._rt_records.pop(id(record.request), None)
             if not self._rt_records:
                 self._rt_idle.notify_all()
 
+    def _rt_log_access(self, record: RequestRecord, end: float) -> None:
+        token = self._rt_tel.activate(record) if record.span is not None else None
+        try:
+            extra: dict[str, str] = {}
+            if record.rejected:
+                extra["reason"] = record.rejected
+            elif record.error_type:
+                extra["error_type"] = record.error_type
+                extra["hook"] = record.error_hook
+            self.logger.info(
+                "request",
+                server=self.server_label,
+                client=_format_address(record.client_address),
+                outcome=record.outcome,
+                duration_s=round(end - record.perf, 6),
+                **extra,
+            )
+        finally:
+            if token is not None:
+                self._rt_tel.deactivate(token)
+
     # -- graceful drain steps (driven by lifecycle.Runtime) ----------------------
 
     def accept_backlog(self) -> int:
         """Take everything the kernel already queued, without blocking; return the count."""
-        taken = 0
+        taken = failures = 0
         self.socket.setblocking(False)
         try:
-            while self._rt_accept_one():
-                taken += 1
+            # Stop when the queue is empty, or when accepting keeps failing
+            # (e.g. EMFILE): a drain must end.
+            while failures < _MAX_ACCEPT_FAILURES:
+                result = self._rt_accept_one()
+                if result == _EMPTY:
+                    break
+                if result == _TAKEN:
+                    taken += 1
+                    failures = 0
+                else:
+                    failures += 1
         finally:
             self.socket.setblocking(True)
         return taken
@@ -519,6 +596,11 @@ def _constructor_signature(cls: type) -> inspect.Signature:
     variadic = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
     fixed = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     return inspect.Signature(fixed + extras + variadic)
+
+
+def _enabled(logger: Any, level: int) -> bool:
+    check = getattr(logger, "is_enabled_for", None)
+    return bool(check(level)) if check is not None else True
 
 
 def _format_address(address: Any) -> str:

@@ -36,7 +36,9 @@ ServerT = TypeVar("ServerT")
 DEFAULT_WAIT = 10.0
 
 
-def poll_until(predicate: Callable[[], object], timeout: float = DEFAULT_WAIT, what: str = "") -> None:
+def poll_until(
+    predicate: Callable[[], object], timeout: float = DEFAULT_WAIT, what: str = ""
+) -> None:
     """Return as soon as *predicate()* is true; fail the test after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():

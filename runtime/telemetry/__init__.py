@@ -2,8 +2,9 @@
 
 :class:`Telemetry` owns one registry and one tracer; bind any number of
 servers to it (``server.use_telemetry(telemetry)`` or the ``telemetry=``
-constructor argument).  Two servers get their own ``server`` label, so they
-never collide; two :class:`Telemetry` objects never share state.
+constructor argument).  Servers with different ``server_name`` labels never
+collide; servers sharing a name are reported as one (counters and gauges
+summed).  Two :class:`Telemetry` objects never share state.
 """
 
 from __future__ import annotations
@@ -99,9 +100,12 @@ class _Bound:
         pass
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
-        self._metrics.request_finished(record, end - record.perf)
-        if self._tracing is not None:
-            self._tracing.request_finished(record, end)
+        tracing = self._tracing
+        if tracing is None:
+            self._metrics.request_finished(record, end - record.perf)
+            return
+        self._metrics.request_finished(record, end - record.perf, tracing.exemplar(record))
+        tracing.request_finished(record, end)
 
     def flush(self, timeout: float) -> None:
         self._owner.flush(timeout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
@@ -36,11 +36,25 @@ def add_trace_context(_logger: WrappedLogger, _method: str, event: EventDict) ->
     return event
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the time of writing (it may be replaced later)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def make_logger(
     *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
 ) -> FilteringBoundLogger:
     """A logger writing to *stream* (stderr) as JSON lines or, on a TTY, console text."""
-    stream = stream if stream is not None else sys.stderr
+    if stream is None:
+        stream = cast(IO[str], _Stderr())
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     processors: list[Processor] = [

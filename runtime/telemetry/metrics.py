@@ -132,10 +132,12 @@ class ServerMetrics:
             child = self._hooks[name] = self._m.hook_duration.labels(*self._labels, name)
         child.observe(seconds)
 
-    def request_finished(self, record: RequestRecord, seconds: float) -> None:
+    def request_finished(
+        self, record: RequestRecord, seconds: float, exemplar: dict[str, str] | None = None
+    ) -> None:
         outcome = record.outcome
         self._requests[outcome].inc()
-        self._durations[outcome].observe(seconds)
+        self._durations[outcome].observe(seconds, exemplar)
 
     def rejected(self, reason: str) -> None:
         child = self._rejected.get(reason)
@@ -167,26 +169,38 @@ class ServerMetrics:
 
 
 class _StateCollector(Collector):
-    """In-flight, worker and queue gauges, read from each server at scrape time."""
+    """In-flight, worker and queue gauges, read from each server at scrape time.
+
+    Servers bound with the same labels are one logical server (like its
+    counters, which they share): their gauges are summed.
+    """
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._servers: dict[tuple[str, str], weakref.ref[Any]] = {}
+        self._servers: dict[tuple[str, str], list[weakref.ref[Any]]] = {}
+        self._lock = threading.Lock()
 
     def add(self, labels: tuple[str, str], server: Any) -> None:
-        self._servers[labels] = weakref.ref(server)
+        with self._lock:
+            self._servers.setdefault(labels, []).append(weakref.ref(server))
 
     def describe(self) -> Iterable[Any]:
         return list(self._families({}))
 
     def collect(self) -> Iterable[Any]:
-        stats = {}
-        for labels, ref in list(self._servers.items()):
-            server = ref()
-            if server is None:
-                del self._servers[labels]
-            else:
-                stats[labels] = server.runtime_stats()
+        stats: dict[tuple[str, str], dict[str, float]] = {}
+        with self._lock:
+            for labels, refs in list(self._servers.items()):
+                refs[:] = [ref for ref in refs if ref() is not None]
+                if not refs:
+                    del self._servers[labels]
+                    continue
+                total: dict[str, float] = {}
+                for ref in refs:
+                    server = ref()
+                    for key, value in (server.runtime_stats() if server else {}).items():
+                        total[key] = total.get(key, 0) + value
+                stats[labels] = total
         return list(self._families(stats))
 
     def _families(self, stats: dict[tuple[str, str], dict[str, float]]) -> Iterator[Any]:

@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import __version__
+from ._forked import Capture, decode
 from .api import RequestRecord
 
 __all__ = ["ServerTracing", "Tracing"]
@@ -58,7 +59,9 @@ class ServerTracing:
         self._capture: Any = None
         self._tracer = tracing.tracer
         self._hook_spans = tracing.hook_spans
-        handler = getattr(server.RequestHandlerClass, "__name__", "request")
+        factory = server.RequestHandlerClass
+        factory = getattr(factory, "func", factory)  # functools.partial(Handler, ...)
+        handler = getattr(factory, "__name__", "request")
         transport = server.transport
         self.name = f"{handler} {transport}"
         family = server.address_family
@@ -85,6 +88,17 @@ class ServerTracing:
     @staticmethod
     def deactivate(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
+
+    @staticmethod
+    def exemplar(record: RequestRecord) -> dict[str, str] | None:
+        """Trace and span id of a sampled request, for its latency observation."""
+        span = record.span
+        if span is None:
+            return None
+        ctx = span.get_span_context()
+        if not ctx.trace_flags.sampled:
+            return None
+        return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
         span = record.span
@@ -122,8 +136,6 @@ class ServerTracing:
         if active is not None and hasattr(active, "_span_processors"):
             # An SDK provider: in this child's copy of it, ended spans go only to
             # the capture, so they are exported once, by the parent.
-            from ._forked import Capture
-
             self._capture = Capture()
             active._span_processors = (self._capture,)
 
@@ -134,8 +146,6 @@ class ServerTracing:
         processor = getattr(self._provider, "_active_span_processor", None)
         if not payload or processor is None:
             return
-        from ._forked import decode
-
         resource = getattr(self._provider, "resource", None)
         for data in payload:  # type: ignore[attr-defined]
             processor.on_end(decode(data, resource))
