@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import selectors
@@ -47,8 +48,14 @@ ECHO_SERVERS = BENCH / "echo_servers.py"
 RESULTS = BENCH / "results"
 
 BASELINE = "stdlib-threading"
-SERVERS = (BASELINE, "runtime-threading", "runtime-threading-notel")
+SERVERS = (
+    BASELINE,
+    "runtime-threading",
+    "runtime-threading-notel",
+    "runtime-threading-nolog",
+)
 MODE = "connect"
+ERROR_MARKS = ("Traceback", "Error", '"level": "error"', '"level": "warning"')
 SERVER_START_TIMEOUT = 20.0
 SERVER_STOP_TIMEOUT = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,7 +67,7 @@ class HarnessError(Exception):
 
 @dataclass(frozen=True)
 class Sample:
-    """One load-generator run against one server, with the server's CPU time."""
+    """One load-generator run against one server, with the CPU time spent around it."""
 
     server: str
     clients: int
@@ -75,20 +82,28 @@ class Sample:
     port_exhaustion: int
     clients_with_zero_replies: int
     server_cpu_seconds: float
+    loadgen_cpu_seconds: float
+    #: Busy time of the server's CPU not spent by the server (other processes,
+    #: steal, softirq outside its context); None when not pinned.
+    other_cpu_seconds: float | None
     loadgen: dict[str, Any] = field(repr=False)
 
     @property
     def cpu_us_per_request(self) -> float:
-        return self.server_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
+        return self.server_cpu_seconds / self.requests * 1e6 if self.requests else math.nan
 
-    @property
-    def server_cpu_share(self) -> float:
-        return self.server_cpu_seconds / self.seconds if self.seconds else 0.0
+    def share(self, cpu_seconds: float | None) -> float:
+        """*cpu_seconds* as a fraction of one CPU over this run."""
+        return cpu_seconds / self.seconds if cpu_seconds is not None and self.seconds else math.nan
 
 
 @dataclass(frozen=True)
 class Summary:
-    """The runs of one (server, clients) scenario: medians, and sums of failures."""
+    """The runs of one (server, clients) scenario: medians, and sums of failures.
+
+    ``rps_ratio`` and ``cpu_ratio`` are medians of per-round ratios against
+    the baseline's sample of the same round (paired, so drift cancels).
+    """
 
     server: str
     clients: int
@@ -96,6 +111,7 @@ class Summary:
     rps: float
     rps_min: float
     rps_max: float
+    rps_ratio: float
     p50_ms: float
     p99_ms: float
     errors: int
@@ -103,13 +119,21 @@ class Summary:
     port_exhaustion: int
     clients_with_zero_replies: int
     cpu_us_per_request: float
+    cpu_ratio: float
     server_cpu_share: float
+    loadgen_cpu_share: float
+    other_cpu_share: float
+    noisy_runs: int
     min_requests: int
 
     @classmethod
-    def of(cls, samples: Sequence[Sample]) -> Summary:
+    def of(
+        cls, samples: Sequence[Sample], baseline: Sequence[Sample], noise_limit: float
+    ) -> Summary:
         first = samples[0]
         rps = [s.rps for s in samples]
+        base = {b.round: b for b in baseline}
+        pairs = [(s, base[s.round]) for s in samples if s.round in base]
         return cls(
             server=first.server,
             clients=first.clients,
@@ -117,16 +141,27 @@ class Summary:
             rps=statistics.median(rps),
             rps_min=min(rps),
             rps_max=max(rps),
+            rps_ratio=_median([s.rps / b.rps if b.rps else math.nan for s, b in pairs]),
             p50_ms=statistics.median(s.p50_ms for s in samples),
             p99_ms=statistics.median(s.p99_ms for s in samples),
             errors=sum(s.errors for s in samples),
             timeouts=sum(s.timeouts for s in samples),
             port_exhaustion=sum(s.port_exhaustion for s in samples),
             clients_with_zero_replies=max(s.clients_with_zero_replies for s in samples),
-            cpu_us_per_request=statistics.median(s.cpu_us_per_request for s in samples),
-            server_cpu_share=statistics.median(s.server_cpu_share for s in samples),
+            cpu_us_per_request=_median([s.cpu_us_per_request for s in samples]),
+            cpu_ratio=_median([s.cpu_us_per_request / b.cpu_us_per_request for s, b in pairs]),
+            server_cpu_share=_median([s.share(s.server_cpu_seconds) for s in samples]),
+            loadgen_cpu_share=_median([s.share(s.loadgen_cpu_seconds) for s in samples]),
+            other_cpu_share=_median([s.share(s.other_cpu_seconds) for s in samples]),
+            noisy_runs=sum(s.share(s.other_cpu_seconds) > noise_limit for s in samples),
             min_requests=min(s.requests for s in samples),
         )
+
+
+def _median(values: Sequence[float]) -> float:
+    """Median of the values that are numbers (NaN: no data)."""
+    present = [v for v in values if not math.isnan(v)]
+    return statistics.median(present) if present else math.nan
 
 
 # -- building and processes ------------------------------------------------------------
@@ -158,6 +193,16 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLK_TCK
 
 
+def cpu_busy_seconds(cpu: int) -> float:
+    """Time CPU *cpu* was not idle since boot (user..steal of ``/proc/stat``), in seconds."""
+    prefix = f"cpu{cpu} "
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(prefix):
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
+            return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    raise HarnessError(f"no {prefix.strip()} in /proc/stat")
+
+
 @dataclass
 class RunningServer:
     name: str
@@ -173,18 +218,41 @@ class RunningServer:
 
     def log_tail(self, limit: int = 2000) -> str:
         self.log.flush()
+        self.log.seek(max(0, self.log.seek(0, os.SEEK_END) - limit))
+        return self.log.read().decode(errors="replace")
+
+    def log_summary(self, show: int = 5) -> str:
+        """What the server wrote to stderr: line count, and the lines that look like errors."""
+        self.log.flush()
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:]
+        lines = 0
+        errors: list[str] = []
+        for raw in self.log:
+            lines += 1
+            line = raw.decode(errors="replace").rstrip()
+            if any(mark in line for mark in ERROR_MARKS):
+                errors.append(line[:300])
+        if not lines:
+            return ""
+        size = self.log.tell() / 1e6
+        text = f"{self.name} wrote {lines} lines ({size:.1f} MB) to stderr"
+        if errors:
+            text += f"; {len(errors)} look like errors:\n" + "\n".join(errors[:show])
+        return text
 
 
 @contextmanager
 def running_server(name: str, cpu: int | None) -> Iterator[RunningServer]:
     """Start server *name*; always stop it (SIGTERM, then SIGKILL) on the way out."""
-    cmd = [sys.executable, str(ECHO_SERVERS), name]
+    # Its stdin is a pipe we never write to: if this process dies, even by SIGKILL,
+    # the pipe closes and the server stops itself.
+    cmd = [sys.executable, str(ECHO_SERVERS), name, "--exit-on-stdin-eof"]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     with tempfile.TemporaryFile(prefix=f"bench-{name}-") as log:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
+        process = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT
+        )
         try:
             port = _read_port(process, name)
             yield RunningServer(name, process, port, log)
@@ -220,8 +288,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 # -- measuring -------------------------------------------------------------------------
@@ -255,13 +324,19 @@ def measure(
     round_: int,
     duration: float,
     timeout: float,
+    server_cpu: int | None,
     loadgen_cpu: int | None,
 ) -> Sample:
     server.check_alive()
+    busy_before = cpu_busy_seconds(server_cpu) if server_cpu is not None else 0.0
     before = cpu_seconds(server.process.pid)
     out = run_loadgen(server, clients=clients, duration=duration, timeout=timeout, cpu=loadgen_cpu)
     after = cpu_seconds(server.process.pid)
+    busy_after = cpu_busy_seconds(server_cpu) if server_cpu is not None else 0.0
     server.check_alive()
+    other = None
+    if server_cpu is not None:
+        other = max(0.0, (busy_after - busy_before) - (after - before))
     return Sample(
         server=server.name,
         clients=clients,
@@ -276,8 +351,38 @@ def measure(
         port_exhaustion=int(out["port_exhaustion"]),
         clients_with_zero_replies=int(out["clients_with_zero_replies"]),
         server_cpu_seconds=after - before,
+        loadgen_cpu_seconds=float(out["cpu_seconds"]),
+        other_cpu_seconds=other,
         loadgen=out,
     )
+
+
+def measure_quietly(
+    server: RunningServer,
+    args: argparse.Namespace,
+    *,
+    clients: int,
+    round_: int,
+    cpus: tuple[int | None, int | None],
+) -> tuple[Sample, list[Sample]]:
+    """One sample, repeated (up to ``--retries`` times) while other work on the
+    server's CPU exceeded ``--noise-limit``; returns it and the discarded ones."""
+    discarded: list[Sample] = []
+    while True:
+        sample = measure(server, clients=clients, round_=round_, duration=args.duration,
+                         timeout=args.timeout, server_cpu=cpus[0], loadgen_cpu=cpus[1])  # fmt: skip
+        other = sample.share(sample.other_cpu_seconds)
+        retry = other > args.noise_limit and len(discarded) < args.retries
+        print(
+            f"  {server.name:<24} clients={clients:<4} round={round_} req/s={sample.rps:9.0f} "
+            f"errors={sample.errors} timeouts={sample.timeouts} other={_percent(other)}"
+            + (" (noisy: discarded, again)" if retry else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        if not retry:
+            return sample, discarded
+        discarded.append(sample)
 
 
 def pick_cpus(server_cpu: int, loadgen_cpu: int) -> tuple[int | None, int | None]:
@@ -296,30 +401,38 @@ def pick_cpus(server_cpu: int, loadgen_cpu: int) -> tuple[int | None, int | None
 # -- reporting -------------------------------------------------------------------------
 
 COLUMNS = (
-    ("server", 24, "s"), ("clients", 7, "d"), ("req/s", 9, ".0f"), ("vs stdlib", 9, "s"),
-    ("spread", 7, "s"), ("p50 ms", 7, ".3f"), ("p99 ms", 7, ".3f"), ("errors", 6, "d"),
+    ("server", 23, "s"), ("clients", 7, "d"), ("req/s", 7, ".0f"), ("vs stdlib", 9, "s"),
+    ("spread", 6, "s"), ("p50 ms", 6, ".3f"), ("p99 ms", 6, ".3f"), ("errors", 6, "d"),
     ("timeouts", 8, "d"), ("CPU us/req", 10, ".1f"), ("vs stdlib", 9, "s"),
-    ("srv CPU", 7, "s"),
+    ("srv CPU", 7, "s"), ("lg CPU", 6, "s"), ("other", 5, "s"),
 )  # fmt: skip
+LEGEND = """\
+req/s, p50, p99, CPU us/req: medians over runs; errors, timeouts: summed over runs
+vs stdlib: median over rounds of (this server / stdlib-threading in the same round)
+spread: (max - min) / median req/s; srv CPU, lg CPU: server and load generator CPU
+as % of one core; other: busy time of the server's CPU not spent by the server"""
+
+
+def _ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value * 100:.0f}%"
 
 
 def table(summaries: Sequence[Summary]) -> str:
-    baseline = {s.clients: s for s in summaries if s.server == BASELINE}
-    header = "  ".join(f"{name:<{w}}" if fmt == "s" and i == 0 else f"{name:>{w}}"
-                       for i, (name, w, fmt) in enumerate(COLUMNS))  # fmt: skip
+    header = "  ".join(
+        f"{name:<{w}}" if i == 0 else f"{name:>{w}}" for i, (name, w, _) in enumerate(COLUMNS)
+    )
     lines = [header, "-" * len(header)]
     for s in summaries:
-        base = baseline.get(s.clients)
-        rps_ratio = f"{s.rps / base.rps:.2f}x" if base and base.rps else "-"
-        cpu_ratio = (
-            f"{s.cpu_us_per_request / base.cpu_us_per_request:.2f}x"
-            if base and base.cpu_us_per_request
-            else "-"
-        )
-        spread = f"{(s.rps_max - s.rps_min) / s.rps * 100:.1f}%" if s.rps else "-"
+        spread = _percent((s.rps_max - s.rps_min) / s.rps) if s.rps else "-"
         values: tuple[Any, ...] = (
-            s.server, s.clients, s.rps, rps_ratio, spread, s.p50_ms, s.p99_ms, s.errors,
-            s.timeouts, s.cpu_us_per_request, cpu_ratio, f"{s.server_cpu_share * 100:.0f}%",
+            s.server, s.clients, s.rps, _ratio(s.rps_ratio), spread, s.p50_ms, s.p99_ms,
+            s.errors, s.timeouts, s.cpu_us_per_request, _ratio(s.cpu_ratio),
+            _percent(s.server_cpu_share), _percent(s.loadgen_cpu_share),
+            _percent(s.other_cpu_share),
         )  # fmt: skip
         cells = [
             f"{v:<{w}{fmt}}" if i == 0 else f"{v:>{w}{fmt}}"
@@ -337,6 +450,17 @@ def notes(summaries: Sequence[Summary]) -> list[str]:
             out.append(f"{where}: {s.port_exhaustion} connects hit EADDRNOTAVAIL (client ports)")
         if s.clients_with_zero_replies:
             out.append(f"{where}: {s.clients_with_zero_replies} clients got no reply in a run")
+        if s.loadgen_cpu_share > 0.9:
+            out.append(f"{where}: the load generator used >90% of its CPU; may be the limit")
+        if s.other_cpu_share > 0.05:
+            out.append(
+                f"{where}: other work took {_percent(s.other_cpu_share)} of the server's CPU"
+            )
+        if s.noisy_runs:
+            out.append(
+                f"{where}: {s.noisy_runs} of {s.runs} kept runs still had other work above "
+                "--noise-limit on the server's CPU"
+            )
     return out
 
 
@@ -365,10 +489,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _sample_json(sample: Sample) -> dict[str, Any]:
+    return {**asdict(sample), "cpu_us_per_request": sample.cpu_us_per_request}
+
+
 def write_results(
     args: argparse.Namespace,
     env: dict[str, Any],
     samples: list[Sample],
+    discarded: list[Sample],
     summaries: list[Summary],
 ) -> Path:
     results: Path = args.results_dir
@@ -381,7 +510,8 @@ def write_results(
         "environment": env,
         "baseline": BASELINE,
         "summaries": [asdict(s) for s in summaries],
-        "samples": [{**asdict(s), "cpu_us_per_request": s.cpu_us_per_request} for s in samples],
+        "samples": [_sample_json(s) for s in samples],
+        "discarded_noisy_samples": [_sample_json(s) for s in discarded],
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
@@ -400,13 +530,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--loadgen-cpu", type=int, default=1)
+    parser.add_argument(
+        "--noise-limit",
+        type=float,
+        default=0.10,
+        help="a run whose server CPU was busier than this share with other work is repeated",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="repeats of a noisy run")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where JSON goes")
     parser.add_argument(
         "--smoke", action="store_true", help="one ~1 s run per scenario; fail on zero requests"
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration, args.runs, args.warmup = 1.0, 1, 0.0
+        args.duration, args.runs, args.warmup, args.retries = 1.0, 1, 0.0, 0
     try:
         args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:
@@ -422,10 +559,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> tuple[list[Sample], list[Summary]]:
+def run(args: argparse.Namespace) -> tuple[list[Sample], list[Sample], list[Summary]]:
+    """Measure every scenario; return the samples kept, those discarded as noisy, summaries."""
     build_loadgen()
     server_cpu, loadgen_cpu = pick_cpus(args.server_cpu, args.loadgen_cpu)
     samples: list[Sample] = []
+    discarded: list[Sample] = []
     with ExitStack() as stack:
         servers = [stack.enter_context(running_server(n, server_cpu)) for n in args.server_names]
         for clients in args.client_counts:
@@ -437,27 +576,25 @@ def run(args: argparse.Namespace) -> tuple[list[Sample], list[Summary]]:
                 # Rotate who goes first so no server always runs right after another.
                 k = round_ % len(servers)
                 for server in servers[k:] + servers[:k]:
-                    sample = measure(server, clients=clients, round_=round_,
-                                     duration=args.duration, timeout=args.timeout,
-                                     loadgen_cpu=loadgen_cpu)  # fmt: skip
-                    samples.append(sample)
-                    print(
-                        f"  {server.name:<24} clients={clients:<4} round={round_} "
-                        f"req/s={sample.rps:9.0f} errors={sample.errors} "
-                        f"timeouts={sample.timeouts}",
-                        file=sys.stderr,
-                        flush=True,
+                    sample, noisy = measure_quietly(
+                        server, args, clients=clients, round_=round_, cpus=(server_cpu, loadgen_cpu)
                     )
+                    samples.append(sample)
+                    discarded += noisy
         for server in servers:
-            tail = server.log_tail()
-            if tail.strip():
-                print(f"note: {server.name} wrote to stderr:\n{tail}", file=sys.stderr)
+            summary = server.log_summary()
+            if summary:
+                print(f"note: {summary}", file=sys.stderr)
+
+    def of(name: str, clients: int) -> list[Sample]:
+        return [s for s in samples if s.server == name and s.clients == clients]
+
     summaries = [
-        Summary.of([s for s in samples if s.server == name and s.clients == clients])
+        Summary.of(of(name, clients), of(BASELINE, clients), args.noise_limit)
         for clients in args.client_counts
         for name in args.server_names
     ]
-    return samples, summaries
+    return samples, discarded, summaries
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -468,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     try:
-        samples, summaries = run(args)
+        samples, discarded, summaries = run(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -478,13 +615,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"revision {env['revision'] or '?'}"
     )
     print(
-        f"medians of {args.runs} run(s) of {args.duration:g} s; errors and timeouts summed; "
-        f"ratios against {BASELINE} measured in this run"
+        f"connect-per-request, {args.runs} run(s) x {args.duration:g} s per scenario, "
+        f"server on CPU {args.server_cpu}, load generator on CPU {args.loadgen_cpu}"
     )
     print(table(summaries))
+    print(LEGEND)
     for note in notes(summaries):
         print(f"note: {note}")
-    path = write_results(args, env, samples, summaries)
+    if discarded:
+        print(
+            f"note: {len(discarded)} run(s) discarded and repeated: other work took more than "
+            f"{args.noise_limit:.0%} of the server's CPU (kept in the JSON)"
+        )
+    path = write_results(args, env, samples, discarded, summaries)
     print(f"results: {path}")
     empty = [s for s in summaries if s.min_requests == 0]
     if empty:

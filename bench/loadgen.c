@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -432,6 +433,10 @@ int main(int argc, char **argv) {
 
     qsort(lat, nlat, sizeof *lat, cmp_u64);
     double seconds = (double)(end - start) / 1e9;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru); /* own CPU: tells whether the load generator was the limit */
+    double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     uint64_t zero = 0, cmin = UINT64_MAX, cmax = 0;
     for (int i = 0; i < opt.clients; i++) {
         uint64_t r = cl[i].replies;
@@ -446,7 +451,8 @@ int main(int argc, char **argv) {
            "\"error_kinds\": {\"connect\": %llu, \"reset\": %llu, \"eof\": %llu, "
            "\"mismatch\": %llu, \"other\": %llu}, \"timeouts\": %llu, "
            "\"port_exhaustion\": %llu, \"clients_with_zero_replies\": %llu, "
-           "\"client_replies_min\": %llu, \"client_replies_max\": %llu, \"per_client\": [",
+           "\"client_replies_min\": %llu, \"client_replies_max\": %llu, \"cpu_seconds\": %.3f, "
+           "\"per_client\": [",
            opt.mode == MODE_CONNECT ? "connect" : "keepalive", opt.clients, opt.duration,
            seconds, (unsigned long long)requests, seconds > 0 ? (double)requests / seconds : 0.0,
            pct_ms(0.50), pct_ms(0.90), pct_ms(0.99), nlat ? (double)lat[nlat - 1] / 1e6 : 0.0,
@@ -454,7 +460,7 @@ int main(int argc, char **argv) {
            (unsigned long long)err.reset, (unsigned long long)err.eof,
            (unsigned long long)err.mismatch, (unsigned long long)err.other,
            (unsigned long long)timeouts, (unsigned long long)port_exhaustion,
-           (unsigned long long)zero, (unsigned long long)cmin, (unsigned long long)cmax);
+           (unsigned long long)zero, (unsigned long long)cmin, (unsigned long long)cmax, cpu);
     for (int i = 0; i < opt.clients; i++)
         printf("%s%llu", i ? ", " : "", (unsigned long long)cl[i].replies);
     printf("]}\n");

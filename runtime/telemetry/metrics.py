@@ -38,7 +38,7 @@ HOOKS = (
     "service_actions",
 )
 OUTCOMES = ("ok", "error", "rejected")
-REJECT_REASONS = ("verify_request", "overload", "draining")
+REJECT_REASONS = ("verify_request", "overload")
 STATES = ("starting", "serving", "draining", "stopped")
 #: Hooks take microseconds, requests up to seconds: buckets from 50 us to 10 s.
 LATENCY_BUCKETS = (
