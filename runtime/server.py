@@ -222,7 +222,6 @@ class InstrumentedMixIn:
                         else:
                             self._handle_request_noblock()
                     self._rt_service_actions()
-                    # Pending signals and drain deadlines may ask to stop.
         finally:
             self._rt_shutdown_request = False
             self._rt_serving_thread = None

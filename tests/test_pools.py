@@ -296,6 +296,8 @@ def test_handle_overload_that_raises_does_not_stop_the_server(
             release.set()
             assert first.makefile("rb").readline() == b"block\n"
         assert not loop_errors, loop_errors
+        # One worker, no queue, reject policy: wait until it is free again.
+        wait_for(lambda: server.runtime_stats()["workers_busy"] == 0, what="worker idle")
         assert line_request(server.server_address, b"after", timeout=5) == b"after\n"
         assert metric("socketserver_errors_total", error_type="RuntimeError") == 1
     finally:
