@@ -12,10 +12,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests need (gcc builds the benchmark's load generator).
+# Debian packages the tests need: gcc builds the benchmark's load generator;
+# prometheus (with promtool) checks the dashboards and alert rules for real.
 deps:
-	@missing=""; for tool in gcc; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 

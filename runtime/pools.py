@@ -459,6 +459,10 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         if release is not None:
             release(record, end)  # stands for the child's shutdown_request
 
+    def child_pids(self) -> list[int]:
+        """The pids of the children still running."""
+        return list(self._rt_children or ())
+
     def runtime_stats(self) -> dict[str, float]:
         stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
         stats["workers_max"] = self.max_children

@@ -29,7 +29,8 @@ class Telemetry:
     ``registry``: where the metric families live (default: a fresh registry);
     ``tracer_provider``: an OpenTelemetry provider (default: none, so no traces;
     ``tracing=True`` uses the global one); ``prefix``: metric name prefix;
-    ``hook_spans``: hooks as child spans instead of span events.
+    ``hook_spans``: hooks as child spans instead of span events;
+    ``process_metrics``: ``process_*`` from psutil (skipped if the registry has them).
     """
 
     def __init__(
@@ -40,10 +41,11 @@ class Telemetry:
         tracing: bool | None = None,
         prefix: str = "socketserver_",
         hook_spans: bool = False,
+        process_metrics: bool = True,
     ) -> None:
         from .metrics import Metrics
 
-        self.metrics: Metrics = Metrics(registry, prefix=prefix)
+        self.metrics: Metrics = Metrics(registry, prefix=prefix, process=process_metrics)
         self.tracing: Tracing | None = None
         if tracing or (tracing is None and tracer_provider is not None):
             from .tracing import Tracing

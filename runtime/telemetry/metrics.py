@@ -59,6 +59,7 @@ class Metrics:
         *,
         prefix: str = "socketserver_",
         buckets: Iterable[float] = LATENCY_BUCKETS,
+        process: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.prefix = prefix
@@ -103,6 +104,13 @@ class Metrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._state_collector = _StateCollector(prefix)
         reg.register(self._state_collector)
+        if process:
+            from .process import ProcessCollector
+
+            try:
+                reg.register(ProcessCollector(self._state_collector.child_pids))
+            except ValueError:  # the registry has process_* already (e.g. the global one)
+                pass
 
     def bind(self, server: Any) -> ServerMetrics:
         return ServerMetrics(self, server, self._state_collector)
@@ -186,6 +194,17 @@ class _StateCollector(Collector):
 
     def describe(self) -> Iterable[Any]:
         return list(self._families({}))
+
+    def child_pids(self) -> list[int]:
+        """Pids of the live forked children of every bound server."""
+        pids: list[int] = []
+        with self._lock:
+            servers = [ref() for refs in self._servers.values() for ref in refs]
+        for server in servers:
+            children = getattr(server, "child_pids", None)
+            if children is not None:
+                pids.extend(children())
+        return pids
 
     def collect(self) -> Iterable[Any]:
         stats: dict[tuple[str, str], dict[str, float]] = {}
