@@ -447,7 +447,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 tel.child_merge(extra)
             for name, start, end in hooks:
                 record.hooks.append((name, start, end))
-                tel.hook(name, end - start)
+                tel.hook(name, end - start, record)
             if error_type and not record.error_type:
                 record.error_hook, record.error_type = error_hook, error_type
         if code < 0 and not record.error_type:

@@ -460,7 +460,7 @@ class InstrumentedMixIn:
     def _rt_timed(self, record: RequestRecord | None, name: str, start: float, end: float) -> None:
         if record is not None:
             record.hooks.append((name, start, end))
-        self._rt_tel.hook(name, end - start)
+        self._rt_tel.hook(name, end - start, record)
 
     def _rt_release(self, record: RequestRecord, end: float | None = None) -> None:
         try:

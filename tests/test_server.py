@@ -721,6 +721,31 @@ def test_request_duration_histogram_has_a_trace_id_exemplar(
     assert [e.labels.get("trace_id") for e in exemplars] == [format(span.context.trace_id, "032x")]
 
 
+@pytest.mark.parametrize("hook", ["get_request", "handle", "shutdown_request"])
+def test_hook_latency_carries_the_exemplar_in_openmetrics(
+    telemetry: runtime.Telemetry,
+    span_exporter: InMemorySpanExporter,
+    serve: Any,
+    wait_for: WaitFor,
+    hook: str,
+) -> None:
+    server = serve(runtime.TCPServer(("127.0.0.1", 0), Echo, telemetry=telemetry))
+    roundtrip(server.server_address)
+    (span,) = finished_spans(span_exporter, 1, wait_for)
+    body, content_type = telemetry.render("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    trace_id = format(span.context.trace_id, "032x")
+    lines = [
+        line
+        for line in body.decode().splitlines()
+        if line.startswith("socketserver_hook_duration_seconds_bucket")
+        and f'hook="{hook}"' in line
+        and "# {" in line
+    ]
+    assert len(lines) == 1, lines
+    assert f'trace_id="{trace_id}"' in lines[0]
+
+
 def test_one_access_log_line_per_request(
     telemetry: runtime.Telemetry,
     log_stream: io.StringIO,

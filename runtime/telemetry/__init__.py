@@ -102,12 +102,9 @@ class _Bound:
         pass
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
-        tracing = self._tracing
-        if tracing is None:
-            self._metrics.request_finished(record, end - record.perf)
-            return
-        self._metrics.request_finished(record, end - record.perf, tracing.exemplar(record))
-        tracing.request_finished(record, end)
+        self._metrics.request_finished(record, end - record.perf)
+        if self._tracing is not None:
+            self._tracing.request_finished(record, end)
 
     def flush(self, timeout: float) -> None:
         self._owner.flush(timeout)

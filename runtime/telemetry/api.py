@@ -29,6 +29,7 @@ class RequestRecord:
         "error",
         "error_hook",
         "error_type",
+        "exemplar",
         "hooks",
         "perf",
         "queued",
@@ -52,6 +53,7 @@ class RequestRecord:
         self.rejected = ""  # reason, when the runtime refused the request
         self.refs: list[int] = []  # hand-over between the loop and the worker
         self.span: Any = None  # owned by the telemetry implementation
+        self.exemplar: dict[str, str] | None = None  # trace ids of a sampled request
 
     def fail(self, hook: str, exc: BaseException) -> None:
         """Remember the first (innermost) failure of this request."""
@@ -84,7 +86,7 @@ class ServerTelemetry(Protocol):
 
     def deactivate(self, token: object) -> None: ...
 
-    def hook(self, name: str, seconds: float) -> None: ...
+    def hook(self, name: str, seconds: float, record: RequestRecord | None = None) -> None: ...
 
     def request_finished(self, record: RequestRecord, end: float) -> None: ...
 
@@ -121,7 +123,7 @@ class NullTelemetry:
     def deactivate(self, token: object) -> None:
         pass
 
-    def hook(self, name: str, seconds: float) -> None:
+    def hook(self, name: str, seconds: float, record: RequestRecord | None = None) -> None:
         pass
 
     def request_finished(self, record: RequestRecord, end: float) -> None:

@@ -134,18 +134,16 @@ class ServerMetrics:
             metrics.lifecycle_state.labels(*labels, state).set(0)
         states.add(labels, server)
 
-    def hook(self, name: str, seconds: float) -> None:
+    def hook(self, name: str, seconds: float, record: RequestRecord | None = None) -> None:
         child = self._hooks.get(name)
         if child is None:
             child = self._hooks[name] = self._m.hook_duration.labels(*self._labels, name)
-        child.observe(seconds)
+        child.observe(seconds, record.exemplar if record is not None else None)
 
-    def request_finished(
-        self, record: RequestRecord, seconds: float, exemplar: dict[str, str] | None = None
-    ) -> None:
+    def request_finished(self, record: RequestRecord, seconds: float) -> None:
         outcome = record.outcome
         self._requests[outcome].inc()
-        self._durations[outcome].observe(seconds, exemplar)
+        self._durations[outcome].observe(seconds, record.exemplar)
 
     def rejected(self, reason: str) -> None:
         child = self._rejected.get(reason)

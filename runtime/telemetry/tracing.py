@@ -77,6 +77,12 @@ class ServerTracing:
         if span.is_recording():
             span.set_attributes(self._static)
             span.set_attributes(_address_attributes("network.peer", record.client_address))
+            ctx = span.get_span_context()
+            if ctx.trace_flags.sampled:  # once per request: every latency observation uses it
+                record.exemplar = {
+                    "trace_id": format(ctx.trace_id, "032x"),
+                    "span_id": format(ctx.span_id, "016x"),
+                }
         record.span = span
 
     @staticmethod
@@ -88,17 +94,6 @@ class ServerTracing:
     @staticmethod
     def deactivate(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
-
-    @staticmethod
-    def exemplar(record: RequestRecord) -> dict[str, str] | None:
-        """Trace and span id of a sampled request, for its latency observation."""
-        span = record.span
-        if span is None:
-            return None
-        ctx = span.get_span_context()
-        if not ctx.trace_flags.sampled:
-            return None
-        return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
         span = record.span
