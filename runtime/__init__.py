@@ -37,6 +37,7 @@ from .servers import (
     instrument,
 )
 from .telemetry import NullTelemetry, RequestRecord, ServerTelemetry, Telemetry
+from .telemetry.api import bind
 
 __all__ = [
     "BaseRequestHandler",
@@ -67,6 +68,7 @@ __all__ = [
     "UnixStreamServer",
     "WorkerPool",
     "__version__",
+    "bind",
     "instrument",
     "serve",
 ]

@@ -25,7 +25,7 @@ from .config import Address, ConfigError, Settings, parse_address
 from .examples import EXAMPLES
 from .lifecycle import Runtime
 from .telemetry import Telemetry
-from .telemetry.logging import make_logger
+from .telemetry.logging import make_logger, route_stdlib_logging
 
 __all__ = ["App", "StartupError", "build", "load_object", "run"]
 
@@ -174,6 +174,7 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         raise ConfigError("--bind", f"{address} does not match the server class {cls.__name__}")
 
     logger = make_logger(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
+    route_stdlib_logging(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     provider = _tracer_provider(settings)
     telemetry = Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix)
     admin_address = settings.admin_address

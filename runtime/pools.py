@@ -388,6 +388,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             record.error_type,
                             parent_tel.child_end(),
                             perf_counter(),  # CLOCK_MONOTONIC: comparable in the parent
+                            record.fields,
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
@@ -442,7 +443,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             return
         end = None
         if child.buffer:
-            hooks, error_hook, error_type, extra, end = pickle.loads(bytes(child.buffer))
+            hooks, error_hook, error_type, extra, end, fields = pickle.loads(bytes(child.buffer))
+            if fields:
+                record.fields = fields
             if extra is not None:
                 tel.child_merge(extra)
             for name, start, end in hooks:

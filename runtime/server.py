@@ -47,7 +47,7 @@ from collections.abc import Callable
 from time import perf_counter, time, time_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .telemetry.api import NULL, RequestRecord, ServerTelemetry
+from .telemetry.api import NULL, RequestRecord, ServerTelemetry, current_request
 
 if TYPE_CHECKING:
     import structlog.typing
@@ -378,6 +378,7 @@ class InstrumentedMixIn:
         record = self._rt_records.get(id(request))
         tel = self._rt_tel
         token = tel.activate(record) if record is not None else None
+        current = current_request.set(record)
         start = perf_counter()
         try:
             self._rt_run_handler(request, client_address, record)
@@ -387,6 +388,7 @@ class InstrumentedMixIn:
             raise
         finally:
             self._rt_timed(record, "finish_request", start, perf_counter())
+            current_request.reset(current)
             if token is not None:
                 tel.deactivate(token)
 
@@ -406,11 +408,13 @@ class InstrumentedMixIn:
         start = perf_counter()
         # The request's span is current, so the line carries its trace_id.
         token = self._rt_tel.activate(record) if record is not None else None
+        current = current_request.set(record)
         try:
             self._rt_log_error(record, client_address)
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
             self._rt_tel.error("handle_error", type(exc).__name__)
         finally:
+            current_request.reset(current)
             if token is not None:
                 self._rt_tel.deactivate(token)
             self._rt_timed(record, "handle_error", start, perf_counter())
@@ -490,7 +494,7 @@ class InstrumentedMixIn:
     def _rt_log_access(self, record: RequestRecord, end: float) -> None:
         token = self._rt_tel.activate(record) if record.span is not None else None
         try:
-            extra: dict[str, str] = {}
+            extra: dict[str, Any] = dict(record.fields) if record.fields else {}
             if record.rejected:
                 extra["reason"] = record.rejected
             elif record.error_type:

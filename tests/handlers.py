@@ -20,3 +20,17 @@ class HoldHandler(socketserver.StreamRequestHandler):
         self.wfile.write(b"ack\n")
         if self.rfile.readline().startswith(b"go"):
             self.wfile.write(b"done\n")
+
+
+class LoggingHandler(socketserver.StreamRequestHandler):
+    """Binds a field for its request and logs through the standard logging module."""
+
+    def handle(self) -> None:
+        import logging
+
+        import runtime
+
+        name = self.rfile.readline().strip().decode()
+        runtime.bind(user=name)
+        logging.getLogger("app").warning("hello %s", name)
+        self.wfile.write(b"ok\n")

@@ -13,9 +13,18 @@ after ``shutdown_request``.  Hook timings are ``time.perf_counter()`` values;
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["NULL", "HookTiming", "NullTelemetry", "RequestRecord", "ServerTelemetry"]
+__all__ = [
+    "NULL",
+    "HookTiming",
+    "NullTelemetry",
+    "RequestRecord",
+    "ServerTelemetry",
+    "bind",
+    "current_request",
+]
 
 #: (hook name, start, end) in ``time.perf_counter()`` seconds.
 HookTiming = tuple[str, float, float]
@@ -30,6 +39,7 @@ class RequestRecord:
         "error_hook",
         "error_type",
         "exemplar",
+        "fields",
         "hooks",
         "perf",
         "queued",
@@ -54,6 +64,7 @@ class RequestRecord:
         self.refs: list[int] = []  # hand-over between the loop and the worker
         self.span: Any = None  # owned by the telemetry implementation
         self.exemplar: dict[str, str] | None = None  # trace ids of a sampled request
+        self.fields: dict[str, Any] | None = None  # bound by the handler (runtime.bind)
 
     def fail(self, hook: str, exc: BaseException) -> None:
         """Remember the first (innermost) failure of this request."""
@@ -67,6 +78,24 @@ class RequestRecord:
         if self.rejected:
             return "rejected"
         return "error" if self.error_type else "ok"
+
+
+#: The request whose handler runs in this context (thread, task or forked child).
+current_request: ContextVar[RequestRecord | None] = ContextVar("current_request", default=None)
+
+
+def bind(**fields: Any) -> None:
+    """Add *fields* to every log line of the current request, its access line included.
+
+    Call it from a handler (``setup``, ``handle``, ``finish``); it works in
+    sync, thread and fork mode.  Outside a request it raises ``RuntimeError``.
+    """
+    record = current_request.get()
+    if record is None:
+        raise RuntimeError("runtime.bind() called outside a request handler")
+    if record.fields is None:
+        record.fields = {}
+    record.fields.update(fields)
 
 
 class ServerTelemetry(Protocol):

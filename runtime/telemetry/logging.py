@@ -15,7 +15,17 @@ from typing import IO, Any, cast
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-__all__ = ["FORMATS", "LEVELS", "add_trace_context", "default_logger", "make_logger"]
+from .api import current_request
+
+__all__ = [
+    "FORMATS",
+    "LEVELS",
+    "add_request_fields",
+    "add_trace_context",
+    "default_logger",
+    "make_logger",
+    "route_stdlib_logging",
+]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("auto", "json", "console")
@@ -49,6 +59,34 @@ class _Stderr:
         return sys.stderr.isatty()
 
 
+def add_request_fields(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Add the fields the current request's handler bound with ``runtime.bind``."""
+    record = current_request.get()
+    if record is not None and record.fields:
+        for key, value in record.fields.items():
+            event.setdefault(key, value)
+    return event
+
+
+def _processors(fmt: str) -> tuple[list[Processor], Processor]:
+    """The shared chain and the renderer, for structlog and stdlib records alike."""
+    chain: list[Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_context,
+        add_request_fields,
+    ]
+    if fmt == "json":
+        # Frames without locals: locals can hold secrets and make lines huge.
+        chain.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+        return chain, structlog.processors.JSONRenderer()
+    return chain, structlog.dev.ConsoleRenderer(colors=False)
+
+
 def make_logger(
     *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
 ) -> FilteringBoundLogger:
@@ -57,19 +95,8 @@ def make_logger(
         stream = cast(IO[str], _Stderr())
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    processors: list[Processor] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        add_trace_context,
-    ]
-    if fmt == "json":
-        # Frames without locals: locals can hold secrets and make lines huge.
-        tracebacks = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
-        processors += [tracebacks, structlog.processors.JSONRenderer()]
-    else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    chain, renderer = _processors(fmt)
+    processors = [*chain, renderer]
     logger: Any = structlog.wrap_logger(
         structlog.PrintLogger(stream),  # type: ignore[arg-type]
         processors=processors,
@@ -81,3 +108,32 @@ def make_logger(
 def default_logger() -> FilteringBoundLogger:
     """The logger a server uses when none is given: info and up, to stderr."""
     return make_logger()
+
+
+def route_stdlib_logging(
+    *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
+) -> logging.Handler:
+    """Render the standard ``logging`` records of user code like the runtime's own lines.
+
+    Replaces the root logger's handlers (for the CLI, which owns the process;
+    a library embedding the runtime keeps its own logging setup).  Returns
+    the installed handler.
+    """
+    if stream is None:
+        stream = cast(IO[str], _Stderr())
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    chain, renderer = _processors(fmt)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *chain],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelName(level.upper()))
+    return handler

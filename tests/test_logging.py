@@ -1,0 +1,98 @@
+"""Logs: stdlib records in the runtime's format, fields bound per request, trace correlation."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _proc import RuntimeProcess, connect
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import runtime
+from runtime.telemetry.logging import make_logger, route_stdlib_logging
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["thread", "fork"])
+def test_stdlib_records_and_bound_fields_through_the_cli(mode: str) -> None:
+    rt = RuntimeProcess("handlers:LoggingHandler", "--mode", mode, "--drain-delay", "0")
+    try:
+        for name in (b"alice", b"bob"):
+            sock = connect(rt.address)
+            sock.sendall(name + b"\n")
+            assert sock.makefile("rb").readline() == b"ok\n"
+            sock.close()
+        rt.signal(signal.SIGTERM)
+        code, err = rt.wait()
+        assert code == 0
+    finally:
+        rt.close()
+    lines = _json_lines(err)
+    app = [line for line in lines if line.get("logger") == "app"]
+    assert [(line["event"], line["level"], line["user"]) for line in app] == [
+        ("hello alice", "warning", "alice"),
+        ("hello bob", "warning", "bob"),
+    ]
+    access = [line for line in lines if line["event"] == "request"]
+    # The field bound by one request shows on its own access line and no other.
+    assert [line.get("user") for line in access] == ["alice", "bob"]
+    assert all(line["outcome"] == "ok" for line in access)
+
+
+def test_bind_outside_a_request_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="outside a request"):
+        runtime.bind(user="nobody")
+
+
+@pytest.fixture
+def root_logging() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    route_stdlib_logging(fmt="json", stream=stream)
+    yield stream
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+
+
+@pytest.mark.timeout(30)
+def test_stdlib_lines_inside_a_request_carry_its_trace_id(root_logging: io.StringIO) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = runtime.ThreadingTCPServer(
+        ("127.0.0.1", 0), __import__("handlers").LoggingHandler,
+        telemetry=runtime.Telemetry(tracer_provider=provider),
+        logger=make_logger(fmt="json", stream=io.StringIO()),
+    )  # fmt: skip
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as sock:
+            sock.sendall(b"carol\n")
+            assert sock.makefile("rb").readline() == b"ok\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "LoggingHandler tcp"]
+    (line,) = [line for line in _json_lines(root_logging.getvalue()) if line.get("logger") == "app"]
+    assert line["trace_id"] == format(span.context.trace_id, "032x")
+    assert line["span_id"] == format(span.context.span_id, "016x")
+    assert line["user"] == "carol"
