@@ -16,6 +16,7 @@ import os
 import socket
 import socketserver
 import sys
+import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -142,15 +143,50 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
     return type(cls.__name__, (cls,), attrs)
 
 
-def _tracer_provider(settings: Settings) -> Any:
+def _tracer_provider(settings: Settings, default_service: str) -> Any:
+    """A provider configured by the standard ``OTEL_*`` variables, or None for no traces.
+
+    The SDK reads ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES``; the OTLP exporter reads
+    ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, headers, timeout and compression.
+    """
     if settings.traces == "none":
         return None
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
 
-    provider = TracerProvider(resource=Resource.create())
-    provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "unknown_service")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: default_service}))
+    if SERVICE_INSTANCE_ID not in resource.attributes:  # older SDKs do not add it
+        resource = resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
+    exporter: SpanExporter
+    if settings.traces == "otlp":
+        protocol = os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        )
+        if protocol != "http/protobuf":
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                f"{protocol!r} is not supported; use http/protobuf (port 4318)",
+            )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = ConsoleSpanExporter()
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # The CLI owns the process: handlers' own trace.get_tracer() spans use it too.
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(provider)
     return provider
 
 
@@ -175,7 +211,8 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
 
     logger = make_logger(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     route_stdlib_logging(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
-    provider = _tracer_provider(settings)
+    label = settings.server_name or settings.handler.rpartition(":")[2]
+    provider = _tracer_provider(settings, label)
     telemetry = Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix)
     admin_address = settings.admin_address
     try:
@@ -184,7 +221,7 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             handler,
             telemetry=telemetry,
             logger=logger,
-            server_name=settings.server_name or settings.handler.rpartition(":")[2],
+            server_name=label,
         )
     except OSError as exc:
         raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None

@@ -102,7 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="one log line per request (default on)",
     )
-    a("--traces", choices=TRACES, help="trace exporter: none (default) or console")
+    a(
+        "--traces",
+        choices=TRACES,
+        help="trace exporter: none (default, or OTEL_TRACES_EXPORTER), console or otlp "
+        "(OTLP/HTTP; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...)",
+    )
     return p
 
 

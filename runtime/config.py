@@ -19,7 +19,7 @@ __all__ = ["Address", "ConfigError", "Settings", "parse_address", "settings_from
 
 MODES = ("sync", "thread", "fork")
 OVERLOAD = ("wait", "reject")
-TRACES = ("none", "console")
+TRACES = ("none", "console", "otlp")
 
 
 class ConfigError(ValueError):
@@ -210,6 +210,14 @@ def settings_from(
             known = ", ".join("RUNTIME_" + n.upper() for n in _FIELDS)
             raise ConfigError(key, f"unknown setting; known: {known}")
         values[name] = _convert(name, raw, key)
+    # The standard OpenTelemetry variable chooses the exporter unless RUNTIME_TRACES
+    # or --traces do (the rest of OTEL_* is read by the SDK and the exporter).
+    otel = (environ or {}).get("OTEL_TRACES_EXPORTER")
+    if otel is not None and "traces" not in values:
+        otel = otel.strip().lower()
+        if otel not in TRACES:
+            raise ConfigError("OTEL_TRACES_EXPORTER", f"{otel!r} is not one of {', '.join(TRACES)}")
+        values["traces"] = otel
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value

@@ -20,7 +20,7 @@ TESTS = Path(__file__).resolve().parent
 
 
 def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("RUNTIME_")}
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTIME_", "OTEL_"))}
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
     e["PYTHONUNBUFFERED"] = "1"
     return e

@@ -34,3 +34,14 @@ class LoggingHandler(socketserver.StreamRequestHandler):
         runtime.bind(user=name)
         logging.getLogger("app").warning("hello %s", name)
         self.wfile.write(b"ok\n")
+
+
+class TracingHandler(socketserver.StreamRequestHandler):
+    """Echoes a line inside a span of its own, made with the global tracer."""
+
+    def handle(self) -> None:
+        from opentelemetry import trace
+
+        line = self.rfile.readline()
+        with trace.get_tracer("handlers").start_as_current_span("echo-work"):
+            self.wfile.write(line)

@@ -45,6 +45,13 @@ BAD = [
     ([], {"RUNTIME_MAX_CHILDREN": "lots"}, "RUNTIME_MAX_CHILDREN", "not a valid int"),
     ([], {"RUNTIME_MAX_CHILDERN": "8"}, "RUNTIME_MAX_CHILDERN", "unknown setting"),
     ([], {"RUNTIME_MODE": "turbo"}, "--mode", "not one of"),
+    ([], {"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER", "not one of"),
+    (
+        [],
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "not supported",
+    ),
 ]
 
 
