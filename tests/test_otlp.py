@@ -1,4 +1,4 @@
-"""Traces configured by the standard OTEL_* variables, exported over OTLP/HTTP to a real receiver."""
+"""Traces configured by the standard OTEL_* variables, exported over OTLP/HTTP to a receiver."""
 
 from __future__ import annotations
 
@@ -84,4 +84,5 @@ def test_unknown_exporter_in_the_environment_is_a_config_error() -> None:
         settings_from({"OTEL_TRACES_EXPORTER": "zipkin"})
     assert info.value.setting == "OTEL_TRACES_EXPORTER"
     assert settings_from({"OTEL_TRACES_EXPORTER": "otlp"}).traces == "otlp"
-    assert settings_from({"OTEL_TRACES_EXPORTER": "otlp", "RUNTIME_TRACES": "none"}).traces == "none"
+    both = {"OTEL_TRACES_EXPORTER": "otlp", "RUNTIME_TRACES": "none"}
+    assert settings_from(both).traces == "none"  # the runtime's own setting wins
