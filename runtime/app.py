@@ -233,6 +233,8 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         poll_interval=settings.poll_interval,
         liveness_timeout=settings.liveness_timeout,
         logger=logger,
+        request_warn_after=settings.request_warn_after,
+        request_timeout=settings.request_timeout,
     )
     if admin_address is not None:
         try:

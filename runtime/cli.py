@@ -28,6 +28,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
+def _seconds_or_none(text: str) -> float | str:
+    if text.strip().lower() in ("none", "off", ""):
+        return "none"
+    return float(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -92,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="/livez fails when the serving loop made no progress for this long (default 30)",
     )
+    a(
+        "--request-warn-after",
+        type=_seconds_or_none,
+        metavar="SECONDS",
+        help="log (once, with its thread's stack) and count a request running longer (default 30)",
+    )
+    a(
+        "--request-timeout",
+        type=_seconds_or_none,
+        metavar="SECONDS",
+        help="end a request running longer: cut its connection, or kill its child (default none)",
+    )
     a("--poll-interval", type=float, metavar="SECONDS", help="serve_forever poll interval")
     a("--server-name", metavar="NAME", help="the 'server' metric label (default: handler name)")
     a("--metrics-prefix", metavar="PREFIX", help="metric name prefix (default socketserver_)")
@@ -113,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    overrides = {k: (None if v == "none" else v) for k, v in vars(args).items() if v is not None}
     try:
         settings = settings_from(os.environ if environ is None else environ, overrides)
         app = build(settings)

@@ -106,6 +106,8 @@ class Settings:
     drain_delay: float = 5.0
     graceful_timeout: float = 30.0
     liveness_timeout: float = 30.0
+    request_warn_after: float | None = 30.0  # None: no slow-request warnings
+    request_timeout: float | None = None  # None: requests may run as long as they like
     poll_interval: float = 0.5
     server_name: str | None = None
     metrics_prefix: str = "socketserver_"
@@ -134,6 +136,12 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(
                     _flag(name), f"must be 0 or more seconds, got {getattr(self, name)}"
+                )
+        for name in ("request_warn_after", "request_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(
+                    _flag(name), f"must be more than 0 seconds (or none), got {value}"
                 )
         for name in ("liveness_timeout", "poll_interval"):
             if getattr(self, name) <= 0:
@@ -196,7 +204,8 @@ def _convert(name: str, raw: str, source: str) -> Any:
 def settings_from(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
-    """Defaults, then ``RUNTIME_*`` variables from *environ*, then *overrides* (flags).
+    """Defaults, then ``RUNTIME_*`` variables from *environ*, then *overrides* (the flags
+    that were given; a None value there means "none", e.g. ``--request-timeout none``).
 
     Raises :class:`ConfigError` for unknown ``RUNTIME_*`` variables too, so a
     typo never passes silently.
@@ -218,7 +227,5 @@ def settings_from(
         if otel not in TRACES:
             raise ConfigError("OTEL_TRACES_EXPORTER", f"{otel!r} is not one of {', '.join(TRACES)}")
         values["traces"] = otel
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = value
+    values.update(overrides or {})  # flags given explicitly, None included ("none")
     return Settings(**values)

@@ -30,6 +30,7 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .telemetry.api import NULL, ServerTelemetry
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     import structlog.typing
@@ -54,6 +55,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
+DUMP_SIGNALS = (signal.SIGUSR1,)
 
 
 class InvalidTransition(RuntimeError):
@@ -151,6 +153,8 @@ class Runtime:
         flush: Callable[[float], None] | None = None,
         flush_timeout: float = 5.0,
         handle_signals: bool = True,
+        request_warn_after: float | None = None,
+        request_timeout: float | None = None,
     ) -> None:
         self.server = server
         self.drain_delay = drain_delay
@@ -166,6 +170,13 @@ class Runtime:
         self._drain_until: float | None = None
         self._immediate = False
         self.forced = 0
+        self.watchdog = Watchdog(
+            server,
+            warn_after=request_warn_after,
+            timeout=request_timeout,
+            lifecycle=self.lifecycle,
+            logger=self.logger,
+        )
 
     # -- called from anywhere ----------------------------------------------------
 
@@ -176,6 +187,9 @@ class Runtime:
     def _on_signal(self, signum: int) -> None:
         # Record only (readiness reads the flag at once, even while the loop is
         # busy in a long handler); the loop acts in tick().
+        if signum in DUMP_SIGNALS:
+            self.watchdog.request_dump()  # logged on the watchdog's thread
+            return
         self.lifecycle.stop_requested = True
         self._signals.append(signum)
         self.server.wake()
@@ -233,12 +247,18 @@ class Runtime:
     def run(self) -> int:
         """Startup, serve, shutdown. Returns 0 if nothing was forced, else 1."""
         self.server.set_controller(self)
-        with capture_signals(self._on_signal) if self.handle_signals else contextlib.nullcontext():
-            self.lifecycle.to(State.SERVING)
-            try:
-                self.server.serve_forever(self.poll_interval)
-            finally:
-                self._shutdown()
+        signals = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS + DUMP_SIGNALS
+        capture = capture_signals(self._on_signal, signals)
+        self.watchdog.start()
+        try:
+            with capture if self.handle_signals else contextlib.nullcontext():
+                self.lifecycle.to(State.SERVING)
+                try:
+                    self.server.serve_forever(self.poll_interval)
+                finally:
+                    self._shutdown()
+        finally:
+            self.watchdog.stop()
         return 1 if self.forced else 0
 
     def _shutdown(self) -> None:

@@ -345,6 +345,8 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             raise
         if pid:
             os.close(write_end)
+            if record is not None:
+                record.pid = pid
             children[pid] = _Child(pid, read_end, record)
             assert self._rt_child_selector is not None
             self._rt_child_selector.register(read_end, selectors.EVENT_READ, pid)

@@ -377,7 +377,10 @@ class InstrumentedMixIn:
         """Run the handler with the request's span current, timing each of its hooks."""
         record = self._rt_records.get(id(request))
         tel = self._rt_tel
-        token = tel.activate(record) if record is not None else None
+        token = None
+        if record is not None:
+            record.thread = threading.get_ident()  # for the watchdog's stack
+            token = tel.activate(record)
         current = current_request.set(record)
         start = perf_counter()
         try:
@@ -423,7 +426,7 @@ class InstrumentedMixIn:
         self.logger.error(
             "request failed",
             server=self.server_label,
-            client=_format_address(client_address),
+            client=format_address(client_address),
             hook=record.error_hook if record is not None else None,
             exc_info=True,
         )
@@ -503,7 +506,7 @@ class InstrumentedMixIn:
             self.logger.info(
                 "request",
                 server=self.server_label,
-                client=_format_address(record.client_address),
+                client=format_address(record.client_address),
                 outcome=record.outcome,
                 duration_s=round(end - record.perf, 6),
                 **extra,
@@ -606,7 +609,8 @@ def _enabled(logger: Any, level: int) -> bool:
     return bool(check(level)) if check is not None else True
 
 
-def _format_address(address: Any) -> str:
+def format_address(address: Any) -> str:
+    """``host:port`` of a client address, or the path of a Unix socket peer."""
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address) if address else ""

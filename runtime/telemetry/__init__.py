@@ -86,6 +86,8 @@ class _Bound:
         self.error = metrics.error
         self.queue_wait = metrics.queue_wait
         self.child_reaped = metrics.child_reaped
+        self.request_slow = metrics.request_slow
+        self.request_timed_out = metrics.request_timed_out
         self.state_changed = metrics.state_changed
         if tracing is not None:
             self.activate = tracing.activate  # type: ignore[method-assign]

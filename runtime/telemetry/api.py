@@ -42,12 +42,15 @@ class RequestRecord:
         "fields",
         "hooks",
         "perf",
+        "pid",
         "queued",
         "refs",
         "rejected",
         "request",
         "span",
+        "thread",
         "wall_ns",
+        "watch",
     )
 
     def __init__(self, request: Any, client_address: Any, perf: float, wall_ns: int) -> None:
@@ -65,6 +68,9 @@ class RequestRecord:
         self.span: Any = None  # owned by the telemetry implementation
         self.exemplar: dict[str, str] | None = None  # trace ids of a sampled request
         self.fields: dict[str, Any] | None = None  # bound by the handler (runtime.bind)
+        self.thread = 0  # ident of the thread running the handler (0: not yet, or a child)
+        self.pid = 0  # the forked child running it, in fork mode
+        self.watch = 0  # the watchdog's flags
 
     def fail(self, hook: str, exc: BaseException) -> None:
         """Remember the first (innermost) failure of this request."""
@@ -127,6 +133,10 @@ class ServerTelemetry(Protocol):
 
     def child_reaped(self, status: str) -> None: ...
 
+    def request_slow(self) -> None: ...
+
+    def request_timed_out(self) -> None: ...
+
     def state_changed(self, state: str) -> None: ...
 
     def flush(self, timeout: float) -> None: ...
@@ -168,6 +178,12 @@ class NullTelemetry:
         pass
 
     def child_reaped(self, status: str) -> None:
+        pass
+
+    def request_slow(self) -> None:
+        pass
+
+    def request_timed_out(self) -> None:
         pass
 
     def state_changed(self, state: str) -> None:

@@ -93,6 +93,14 @@ class Metrics:
             p + "children_reaped", "Forked children reaped, by exit status.",
             (*_LABELS, "status"), registry=reg,
         )  # fmt: skip
+        self.slow = Counter(
+            p + "requests_slow", "Requests that ran longer than request_warn_after.",
+            _LABELS, registry=reg,
+        )  # fmt: skip
+        self.timed_out = Counter(
+            p + "requests_timed_out", "Requests ended by the watchdog after request_timeout.",
+            _LABELS, registry=reg,
+        )  # fmt: skip
         self.lifecycle_state = Gauge(
             p + "lifecycle_state", "1 for the server's current lifecycle state.",
             (*_LABELS, "state"), registry=reg,
@@ -128,6 +136,8 @@ class ServerMetrics:
         self._durations = {o: metrics.request_duration.labels(*labels, o) for o in OUTCOMES}
         self._rejected = {r: metrics.rejected.labels(*labels, r) for r in REJECT_REASONS}
         self._queue_wait = metrics.queue_wait.labels(*labels)
+        self.request_slow = metrics.slow.labels(*labels).inc
+        self.request_timed_out = metrics.timed_out.labels(*labels).inc
         self._errors: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         for state in STATES:
