@@ -132,6 +132,7 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
         "request_queue_size": settings.backlog,
         "tcp_nodelay": settings.tcp_nodelay,
         "access_log": settings.access_log,
+        "connection_timeout": settings.connection_timeout,
         "overload": settings.overload,
     }
     if address.family == socket.AF_INET6:

@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         help="/livez fails when the serving loop made no progress for this long (default 30)",
     )
     a(
+        "--connection-timeout",
+        type=_seconds_or_none,
+        metavar="SECONDS",
+        help="idle limit of a stream connection's reads and writes (default 60; 'none'); "
+        "a handler's own timeout attribute wins",
+    )
+    a(
         "--request-warn-after",
         type=_seconds_or_none,
         metavar="SECONDS",

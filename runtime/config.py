@@ -8,6 +8,7 @@ flag) and the fix; only the CLI turns that into a message and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class Settings:
     drain_delay: float = 5.0
     graceful_timeout: float = 30.0
     liveness_timeout: float = 30.0
+    connection_timeout: float | None = 60.0  # idle limit per stream connection
     request_warn_after: float | None = 30.0  # None: no slow-request warnings
     request_timeout: float | None = None  # None: requests may run as long as they like
     poll_interval: float = 0.5
@@ -137,7 +139,7 @@ class Settings:
                 raise ConfigError(
                     _flag(name), f"must be 0 or more seconds, got {getattr(self, name)}"
                 )
-        for name in ("request_warn_after", "request_timeout"):
+        for name in ("request_warn_after", "request_timeout", "connection_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(
@@ -201,6 +203,12 @@ def _convert(name: str, raw: str, source: str) -> Any:
     return raw
 
 
+# Kubernetes injects these for a Service named "runtime" (service links); never settings.
+_SERVICE_LINK = re.compile(
+    r"RUNTIME_(SERVICE_(HOST|PORT)(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)$"
+)
+
+
 def settings_from(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
@@ -212,7 +220,7 @@ def settings_from(
     """
     values: dict[str, Any] = {}
     for key, raw in (environ or {}).items():
-        if not key.startswith("RUNTIME_"):
+        if not key.startswith("RUNTIME_") or _SERVICE_LINK.match(key):
             continue
         name = key[len("RUNTIME_") :].lower()
         if name not in _FIELDS:

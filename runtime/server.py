@@ -28,6 +28,9 @@ Class variables that may be overridden:
   ``http.server.HTTPServer`` uses for the host name)
 - ``tcp_nodelay``: set TCP_NODELAY on accepted TCP connections (default True)
 - ``access_log``: one structured log line per request (default True)
+- ``connection_timeout``: seconds an accepted stream connection may sit idle
+  in a blocking read or write (default None, as in the standard library; the
+  CLI sets 60).  A handler's own ``timeout`` attribute takes precedence.
 
 Unlike the standard library, ``shutdown()`` called from the serving thread
 (for example from a handler in a synchronous server) does not deadlock: it
@@ -133,6 +136,7 @@ class InstrumentedMixIn:
     server_label: str | None = None
     tcp_nodelay = True
     access_log = True
+    connection_timeout: float | None = None
 
     # Declared for mypy; socketserver.BaseServer provides these.
     socket: socket.socket
@@ -298,8 +302,11 @@ class InstrumentedMixIn:
         self._rt_records[id(request)] = record
         tel.request_started(record)
         self._rt_timed(record, "get_request", start, now)
-        if self.tcp_nodelay and self.socket_type == socket.SOCK_STREAM:
-            self._rt_set_nodelay(request)
+        if self.socket_type == socket.SOCK_STREAM:
+            if self.tcp_nodelay:
+                self._rt_set_nodelay(request)
+            if self.connection_timeout is not None:
+                request.settimeout(self.connection_timeout)
         try:
             try:
                 accepted = self.verify_request(request, client_address)  # type: ignore[attr-defined]

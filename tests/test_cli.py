@@ -178,3 +178,20 @@ def test_udp_echo_example() -> None:
         if result_proc.poll() is None:
             result_proc.kill()
         result_proc.communicate(timeout=10)
+
+
+def test_kubernetes_service_link_variables_are_not_settings() -> None:
+    # What Kubernetes injects for a Service named "runtime" in the same namespace.
+    links = {
+        "RUNTIME_SERVICE_HOST": "10.0.0.7",
+        "RUNTIME_SERVICE_PORT": "9000",
+        "RUNTIME_SERVICE_PORT_METRICS": "9100",
+        "RUNTIME_PORT": "tcp://10.0.0.7:9000",
+        "RUNTIME_PORT_9000_TCP": "tcp://10.0.0.7:9000",
+        "RUNTIME_PORT_9000_TCP_PROTO": "tcp",
+        "RUNTIME_PORT_9000_TCP_PORT": "9000",
+        "RUNTIME_PORT_9000_TCP_ADDR": "10.0.0.7",
+    }
+    assert settings_from({**links, "RUNTIME_MAX_CHILDREN": "3"}).max_children == 3
+    with pytest.raises(ConfigError):
+        settings_from({"RUNTIME_PORTS": "1"})  # a typo is still reported
