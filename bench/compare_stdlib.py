@@ -53,6 +53,7 @@ SERVERS = (
     "runtime-threading",
     "runtime-threading-notel",
     "runtime-threading-nolog",
+    "runtime-threading-watchdog",
 )
 MODE = "connect"
 ERROR_MARKS = ("Traceback", "Error", '"level": "error"', '"level": "warning"')

@@ -14,6 +14,8 @@ Names:
 - ``runtime-threading-notel``: ``runtime.ThreadingTCPServer`` without telemetry
 - ``runtime-threading-nolog``: as ``runtime-threading``, with ``access_log = False``
   (no log line per request), to show what the access log costs
+- ``runtime-threading-watchdog``: as ``runtime-threading-nolog``, with the watchdog
+  running (``request_warn_after`` 30 s, ``request_timeout`` 60 s), to show what it costs
 
 The runtime servers otherwise keep their defaults (so, at the time of writing, the
 access log on: one JSON line per request to stderr).
@@ -53,7 +55,9 @@ def _stdlib_threading() -> socketserver.TCPServer:
     return Server(("127.0.0.1", 0), UpperHandler)
 
 
-def _runtime_threading(*, telemetry: bool, access_log: bool = True) -> socketserver.TCPServer:
+def _runtime_threading(
+    *, telemetry: bool, access_log: bool = True, watchdog: bool = False
+) -> socketserver.TCPServer:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # run from a checkout without installing
     import runtime
@@ -66,9 +70,14 @@ def _runtime_threading(*, telemetry: bool, access_log: bool = True) -> socketser
         Server.access_log = False
 
     # Metrics only: Telemetry() has no tracer provider, so no traces.
-    return Server(
+    server = Server(
         ("127.0.0.1", 0), UpperHandler, telemetry=runtime.Telemetry() if telemetry else None
     )
+    if watchdog:
+        from runtime.watchdog import Watchdog
+
+        Watchdog(server, warn_after=30.0, timeout=60.0).start()  # a daemon thread
+    return server
 
 
 SERVERS: dict[str, Callable[[], socketserver.TCPServer]] = {
@@ -76,6 +85,9 @@ SERVERS: dict[str, Callable[[], socketserver.TCPServer]] = {
     "runtime-threading": lambda: _runtime_threading(telemetry=True),
     "runtime-threading-notel": lambda: _runtime_threading(telemetry=False),
     "runtime-threading-nolog": lambda: _runtime_threading(telemetry=True, access_log=False),
+    "runtime-threading-watchdog": lambda: _runtime_threading(
+        telemetry=True, access_log=False, watchdog=True
+    ),
 }
 
 
