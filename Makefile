@@ -27,11 +27,11 @@ run: $(STAMP)
 	$(PY) -m runtime echo --bind 127.0.0.1:9000 --admin 127.0.0.1:9100
 
 lint: $(STAMP)
-	$(PY) -m ruff check runtime tests bench
+	$(PY) -m ruff check runtime tests bench dashboards deploy
 	$(PY) -m ruff format --check runtime
 
 typecheck: $(STAMP)
-	$(PY) -m mypy --strict runtime bench
+	$(PY) -m mypy --strict runtime bench dashboards/generate.py deploy/prometheus/prometheusrule.py
 
 pytest: $(STAMP) deps
 	$(PY) -m pytest -q

@@ -464,6 +464,14 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         if release is not None:
             release(record, end)  # stands for the child's shutdown_request
 
+    def _rt_loop_fds(self) -> list[int]:
+        # The loop waits on our selector too: a child's pipe closing wakes it,
+        # and service_actions reaps that child at once (not a poll_interval later).
+        self._rt_kids  # noqa: B018 - creates the selector
+        fds: list[int] = super()._rt_loop_fds()  # type: ignore[misc]
+        fileno = getattr(self._rt_child_selector, "fileno", None)  # epoll, kqueue: yes
+        return [*fds, fileno()] if fileno is not None else fds
+
     def child_pids(self) -> list[int]:
         """The pids of the children still running."""
         return list(self._rt_children or ())

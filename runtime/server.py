@@ -216,6 +216,8 @@ class InstrumentedMixIn:
             with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
                 selector.register(wake, selectors.EVENT_READ)
+                for fd in self._rt_loop_fds():  # e.g. forked children's report pipes
+                    selector.register(fd, selectors.EVENT_READ)
                 while not self._rt_shutdown_request:
                     ready = selector.select(self._rt_turn(poll_interval))
                     if self._rt_shutdown_request:
@@ -223,13 +225,18 @@ class InstrumentedMixIn:
                     for key, _ in ready:
                         if key.fd == wake:
                             self._rt_drain_wakeup(wake)
-                        else:
+                        elif key.fileobj is self:  # type: ignore[comparison-overlap]
                             self._handle_request_noblock()
+                    # Also reaps children at once when their pipes are readable.
                     self._rt_service_actions()
         finally:
             self._rt_shutdown_request = False
             self._rt_serving_thread = None
             self._rt_is_shut_down.set()
+
+    def _rt_loop_fds(self) -> list[int]:
+        """More file descriptors that should wake the serving loop (pools extend this)."""
+        return []
 
     def shutdown(self) -> None:
         """Stop the ``serve_forever`` loop.

@@ -83,3 +83,31 @@ def test_fork_mode_counts_live_children_and_their_memory(
     while _value(registry, "process_children") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _value(registry, "process_children") == 0
+
+
+class _Quick(runtime.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+@pytest.mark.timeout(30)
+def test_fork_children_are_reaped_when_they_exit_not_a_poll_interval_later() -> None:
+    server = runtime.ForkingTCPServer(("127.0.0.1", 0), _Quick, telemetry=runtime.Telemetry())
+    registry = server.telemetry.registry  # type: ignore[union-attr]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 30})
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address, timeout=10) as sock:
+            sock.sendall(b"x\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(2) == b"x\n"
+        labels = {"server": "ForkingTCPServer", "transport": "tcp", "outcome": "ok"}
+        deadline = time.monotonic() + 5  # far less than the 30 s poll interval
+        while registry.get_sample_value("socketserver_requests_total", labels) != 1.0:
+            assert time.monotonic() < deadline, "the child was not reaped when it exited"
+            time.sleep(0.01)
+        assert server.child_pids() == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

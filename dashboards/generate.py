@@ -1,0 +1,549 @@
+"""Grafana dashboards of socketserver-runtime, as code (plain Python, no grafanalib).
+
+    python dashboards/generate.py           # (re)write dashboards/*.json
+    python dashboards/generate.py --check   # exit 1 if a committed file differs
+
+Every panel and annotation queries the ``$datasource`` variable (type datasource, so
+the JSON imports into any Grafana without an ``__inputs`` section and can be provisioned
+from a file as is). ``$server`` and ``$instance`` filter every query: ``$instance`` also
+filters the ``process_*`` series, which carry no ``server`` label. Latency panels show
+exemplars (the request's ``trace_id``) when Prometheus stores them
+(``--enable-feature=exemplar-storage``) and the runtime traces.
+
+The layout is data: rows of panels, each panel a width and a height on Grafana's
+24-column grid; :class:`Layout` places them left to right and wraps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DASHBOARDS", "overview", "render", "main"]
+
+Json = dict[str, Any]
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE: Json = {"type": "prometheus", "uid": "${datasource}"}
+#: Label matchers of every socketserver_* query.
+SEL = 'server=~"$server", instance=~"$instance"'
+#: Label matchers of process_* and up (no server label).
+PROC = 'instance=~"$instance"'
+RATE = "$__rate_interval"
+RANGE = "$__range"
+REFIDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+# -- targets and panels ------------------------------------------------------------------
+
+
+def target(
+    expr: str, legend: str = "", *, exemplar: bool = False, instant: bool = False,
+    table: bool = False,
+) -> Json:  # fmt: skip
+    """One Prometheus query of a panel; ``refId`` is assigned by the panel."""
+    return {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": expr,
+        "exemplar": exemplar,
+        "format": "table" if table else "time_series",
+        "instant": instant,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+    }
+
+
+def quantiles(metric: str, by: str, legend: str, qs: Sequence[float]) -> list[Json]:
+    """``histogram_quantile`` targets of *metric* for each quantile, exemplars on."""
+    group = f"{by}, le" if by else "le"
+    return [
+        target(
+            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[{RATE}])))",
+            f"p{round(q * 100)} {legend}".strip(),
+            exemplar=True,
+        )
+        for q in qs
+    ]
+
+
+def _panel(
+    kind: str, title: str, description: str, targets: Iterable[Json], size: tuple[int, int]
+) -> Json:
+    numbered = [{**t, "refId": REFIDS[i]} for i, t in enumerate(targets)]
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": numbered,
+        "gridPos": {"w": size[0], "h": size[1]},
+    }
+
+
+def timeseries(
+    title: str, description: str, targets: Iterable[Json], unit: str, *,
+    size: tuple[int, int] = (8, 8), stack: bool = False, max_value: float | None = None,
+    overrides: list[Json] | None = None,
+) -> Json:  # fmt: skip
+    custom: Json = {
+        "drawStyle": "line",
+        "lineWidth": 1,
+        "fillOpacity": 30 if stack else 10,
+        "showPoints": "never",
+        "spanNulls": False,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+    }
+    defaults: Json = {"unit": unit, "min": 0, "custom": custom}
+    if max_value is not None:
+        defaults["max"] = max_value
+    panel = _panel("timeseries", title, description, targets, size)
+    panel["fieldConfig"] = {"defaults": defaults, "overrides": overrides or []}
+    panel["options"] = {
+        "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                   "calcs": ["lastNotNull", "max"]},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }  # fmt: skip
+    return panel
+
+
+def stat(
+    title: str, description: str, targets: Iterable[Json], unit: str, *,
+    steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+    size: tuple[int, int] = (4, 4), decimals: int | None = None,
+) -> Json:  # fmt: skip
+    defaults: Json = {
+        "unit": unit,
+        "thresholds": {
+            "mode": "absolute",
+            "steps": [{"value": value, "color": color} for value, color in steps],
+        },
+    }
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    panel = _panel("stat", title, description, targets, size)
+    panel["fieldConfig"] = {"defaults": defaults, "overrides": []}
+    panel["options"] = {
+        "colorMode": "value",
+        "graphMode": "area",
+        "justifyMode": "auto",
+        "textMode": "auto",
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+    }
+    return panel
+
+
+#: Values of the lifecycle-state expression below, and their colours.
+LIFECYCLE = (("starting", 1, "blue"), ("serving", 2, "green"), ("draining", 3, "orange"),
+             ("stopped", 4, "red"))  # fmt: skip
+
+
+def lifecycle_timeline(size: tuple[int, int]) -> Json:
+    # One number per instance (1 starting .. 4 stopped), mapped back to names: the gauge
+    # has one 0/1 series per state, which a state timeline cannot show as one row.
+    expr = "\n+ ".join(
+        f'max by (instance, server) (socketserver_lifecycle_state{{{SEL}, state="{name}"}}) * {n}'
+        for name, n, _ in LIFECYCLE
+    )
+    panel = _panel(
+        "state-timeline", "Lifecycle state",
+        "State of each instance: starting, serving, draining (SIGTERM received; /readyz is "
+        "503, still serving for drain_delay, then finishing in-flight requests), stopped.",
+        [target(expr, "{{instance}} {{server}}")], size,
+    )  # fmt: skip
+    panel["fieldConfig"] = {
+        "defaults": {
+            "color": {"mode": "thresholds"},
+            "thresholds": {"mode": "absolute", "steps": [
+                {"value": None, "color": "transparent"},
+                *({"value": n, "color": color} for _, n, color in LIFECYCLE),
+            ]},
+            "mappings": [{"type": "value", "options": {
+                str(n): {"text": name, "color": color, "index": n - 1}
+                for name, n, color in LIFECYCLE
+            }}],
+        },
+        "overrides": [],
+    }  # fmt: skip
+    panel["options"] = {"showValue": "auto", "mergeValues": True, "rowHeight": 0.8,
+                        "legend": {"showLegend": True, "displayMode": "list",
+                                   "placement": "bottom"}}  # fmt: skip
+    return panel
+
+
+def table(title: str, description: str, targets: Iterable[Json], size: tuple[int, int]) -> Json:
+    panel = _panel("table", title, description, targets, size)
+    panel["fieldConfig"] = {"defaults": {}, "overrides": []}
+    panel["options"] = {"showHeader": True, "cellHeight": "sm"}
+    panel["transformations"] = [{"id": "organize", "options": {
+        "excludeByName": {"Time": True, "Value": True, "__name__": True},
+    }}]  # fmt: skip
+    return panel
+
+
+def dashed(series: str) -> Json:
+    """An override drawing the series named *series* as a dashed line, out of the stack."""
+    return {
+        "matcher": {"id": "byName", "options": series},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
+            {"id": "custom.fillOpacity", "value": 0},
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+        ],
+    }
+
+
+# -- layout --------------------------------------------------------------------------------
+
+
+class Layout:
+    """Place rows and panels on the 24-column grid, left to right, wrapping."""
+
+    def __init__(self) -> None:
+        self.panels: list[Json] = []
+        self._x = 0
+        self._y = 0
+        self._row_height = 0
+
+    def row(self, title: str, *panels: Json) -> None:
+        self._newline()
+        self._add({"type": "row", "title": title, "collapsed": False, "panels": [],
+                   "gridPos": {"w": 24, "h": 1}})  # fmt: skip
+        self._newline()
+        for panel in panels:
+            self._add(panel)
+
+    def _newline(self) -> None:
+        self._y += self._row_height
+        self._x = 0
+        self._row_height = 0
+
+    def _add(self, panel: Json) -> None:
+        w, h = panel["gridPos"]["w"], panel["gridPos"]["h"]
+        if self._x + w > 24:
+            self._newline()
+        panel["gridPos"] = {"h": h, "w": w, "x": self._x, "y": self._y}
+        panel["id"] = len(self.panels) + 1
+        self._x += w
+        self._row_height = max(self._row_height, h)
+        self.panels.append(panel)
+
+
+# -- the overview dashboard ------------------------------------------------------------------
+
+
+def _requests(extra: str = "") -> str:
+    matchers = f"{SEL}, {extra}" if extra else SEL
+    return f"sum(rate(socketserver_requests_total{{{matchers}}}[{RATE}]))"
+
+
+def _red_row(layout: Layout) -> None:
+    errors = _requests('outcome="error"') + " / " + _requests()
+    rejected = _requests('outcome="rejected"') + " / " + _requests()
+    p99 = (
+        "histogram_quantile(0.99, sum by (le) (rate(socketserver_request_duration_seconds_bucket"
+        f'{{{SEL}, outcome!="rejected"}}[{RATE}])))'
+    )
+    layout.row(
+        "Requests (rate, errors, duration)",
+        stat("Request rate", "Requests taken per second, every outcome.",
+             [target(_requests(), "requests/s")], "reqps"),
+        stat("Error ratio", "Share of requests whose handler raised (outcome=error).",
+             [target(errors, "errors")], "percentunit",
+             steps=((None, "green"), (0.01, "orange"), (0.05, "red"))),
+        stat("Rejected ratio",
+             "Share of requests refused (overload=reject with a full pool, or verify_request).",
+             [target(rejected, "rejected")], "percentunit",
+             steps=((None, "green"), (0.001, "orange"), (0.01, "red"))),
+        stat("p99 latency", "99th percentile of the request duration (ok and error).",
+             [target(p99, "p99")], "s",
+             steps=((None, "green"), (0.1, "orange"), (0.25, "red"))),
+        stat("In flight", "Requests taken and not finished, all instances.",
+             [target(f"sum(socketserver_requests_in_flight{{{SEL}}})", "in flight")], "short"),
+        stat("Instances up", "Targets Prometheus scraped successfully (up == 1).",
+             [target(f"sum(up{{{PROC}}})", "up")], "short",
+             steps=((None, "red"), (1, "green")), decimals=0),
+        timeseries(
+            "Requests by outcome", "Requests per second: ok, error (the handler raised), "
+            "rejected (refused without running the handler).",
+            [target(f"sum by (outcome) (rate(socketserver_requests_total{{{SEL}}}[{RATE}]))",
+                    "{{outcome}}")], "reqps", stack=True),
+        timeseries(
+            "Error and rejection ratio", "Share of requests that failed in the handler, and "
+            "that were refused. The alert SocketserverHighErrorRatio fires above 5% for 5 min.",
+            [target(errors, "errors"), target(rejected, "rejected")], "percentunit",
+            max_value=1),
+        timeseries(
+            "Request duration by outcome", "p50, p90 and p99 of the time from taking a "
+            "request to its shutdown_request, per outcome. Dots are exemplars: click one to "
+            "open its trace.",
+            quantiles("socketserver_request_duration_seconds", "outcome", "{{outcome}}",
+                      (0.5, 0.9, 0.99)), "s"),
+        timeseries(
+            "Errors by hook and type", "Exceptions per second, by the hook that raised and "
+            "the exception class (or the signal that killed a forked child).",
+            [target(f"sum by (hook, error_type) (rate(socketserver_errors_total{{{SEL}}}"
+                    f"[{RATE}]))", "{{hook}} {{error_type}}")], "ops"),
+        timeseries(
+            "Slow and timed-out requests", "Requests still running after request_warn_after "
+            "(logged once with their stack), and requests ended by the watchdog after "
+            "request_timeout (connection cut, or child killed), per second.",
+            [target(f"sum(rate(socketserver_requests_slow_total{{{SEL}}}[{RATE}]))", "slow"),
+             target(f"sum(rate(socketserver_requests_timed_out_total{{{SEL}}}[{RATE}]))",
+                    "timed out")], "reqps"),
+        timeseries(
+            "Requests in flight", "Requests taken and not yet finished, per instance.",
+            [target(f"sum by (instance) (socketserver_requests_in_flight{{{SEL}}})",
+                    "{{instance}}")], "short"),
+    )  # fmt: skip
+
+
+def _hooks_row(layout: Layout) -> None:
+    metric = "socketserver_hook_duration_seconds"
+    layout.row(
+        "socketserver hooks",
+        timeseries(
+            "Hook duration p99", "99th percentile of each hook: get_request, verify_request, "
+            "process_request (includes the pool hand-off), finish_request (setup + handle + "
+            "finish), shutdown_request, handle_error, service_actions.",
+            quantiles(metric, "hook", "{{hook}}", (0.99,)), "s", size=(12, 8)),
+        timeseries(
+            "Hook duration p50", "Median duration of each hook.",
+            quantiles(metric, "hook", "{{hook}}", (0.5,)), "s", size=(12, 8)),
+        timeseries(
+            "Hook calls", "Calls per second of each hook.",
+            [target(f"sum by (hook) (rate({metric}_count{{{SEL}}}[{RATE}]))", "{{hook}}")],
+            "ops", size=(12, 8)),
+        timeseries(
+            "Time in hooks", "Seconds spent per second in each hook, all threads and "
+            "children: where the serving time goes (1 = one core or thread fully busy).",
+            [target(f"sum by (hook) (rate({metric}_sum{{{SEL}}}[{RATE}]))", "{{hook}}")],
+            "s", size=(12, 8), stack=True),
+    )  # fmt: skip
+
+
+def _pool_row(layout: Layout) -> None:
+    utilisation = (
+        f'sum by (instance) (socketserver_workers{{{SEL}, state="busy"}})\n'
+        f"/ sum by (instance) (socketserver_workers_max{{{SEL}}})"
+    )
+    layout.row(
+        "Pool saturation",
+        timeseries(
+            "Workers", "Worker threads (thread mode) or children (fork mode), busy and idle, "
+            "against max_children (dashed).",
+            [target(f"sum by (state) (socketserver_workers{{{SEL}}})", "{{state}}"),
+             target(f"sum(socketserver_workers_max{{{SEL}}})", "max")],
+            "short", stack=True, overrides=[dashed("max")]),
+        timeseries(
+            "Pool utilisation", "Busy workers / max_children per instance. Near 100% for "
+            "minutes fires SocketserverPoolSaturated.",
+            [target(utilisation, "{{instance}}")], "percentunit", max_value=1),
+        timeseries(
+            "Queue depth", "Requests waiting for a worker (the hand-off queue, queue_size).",
+            [target(f"sum by (instance) (socketserver_queue_depth{{{SEL}}})", "{{instance}}")],
+            "short"),
+        timeseries(
+            "Queue wait", "Time a request waited for a worker thread or a child slot.",
+            quantiles("socketserver_queue_wait_seconds", "", "", (0.5, 0.99)), "s"),
+        timeseries(
+            "Rejections by reason", "Requests refused per second: overload (pool and queue "
+            "full with overload=reject), verify_request (refused by the server's check).",
+            [target(f"sum by (reason) (rate(socketserver_requests_rejected_total{{{SEL}}}"
+                    f"[{RATE}]))", "{{reason}}")], "reqps", stack=True),
+        timeseries(
+            "Children reaped by status", "Fork mode: children reaped per second by exit "
+            "status (ok, error: the handler raised, signal: killed).",
+            [target(f"sum by (status) (rate(socketserver_children_reaped_total{{{SEL}}}"
+                    f"[{RATE}]))", "{{status}}")], "ops", stack=True),
+    )  # fmt: skip
+
+
+def _lifecycle_row(layout: Layout) -> None:
+    draining = f'socketserver_lifecycle_state{{{SEL}, state="draining"}}'
+    layout.row(
+        "Lifecycle",
+        lifecycle_timeline((16, 6)),
+        stat("Drains started", "Drains begun in the time range (the draining gauge going "
+             "from 0 to 1: changes minus falls).",
+             [target(f"sum(changes({draining}[{RANGE}]) - resets({draining}[{RANGE}]))",
+                     "drains", instant=True)], "short", size=(4, 6), decimals=0),
+        stat("Restarts", "New process start times seen in the time range, all instances.",
+             [target(f"sum(changes(process_start_time_seconds{{{PROC}}}[{RANGE}]))",
+                     "restarts", instant=True)], "short", size=(4, 6), decimals=0,
+             steps=((None, "green"), (1, "orange"))),
+        timeseries(
+            "Instances by state", "How many instances are in each lifecycle state.",
+            [target(f"sum by (state) (socketserver_lifecycle_state{{{SEL}}})", "{{state}}")],
+            "short", size=(12, 8), stack=True),
+        table("Build", "Runtime and Python version of each instance.",
+              [target(f"socketserver_build_info{{{PROC}}}", instant=True, table=True)],
+              (12, 8)),
+    )  # fmt: skip
+
+
+def _process_row(layout: Layout) -> None:
+    layout.row(
+        "Process",
+        timeseries(
+            "CPU", "CPU time per second (1 = one core): the server process, and its "
+            "forked children that have exited (fork mode).",
+            [target(f"sum by (instance) (rate(process_cpu_seconds_total{{{PROC}}}[{RATE}]))",
+                    "{{instance}}"),
+             target(f"sum by (instance) (rate(process_children_cpu_seconds_total{{{PROC}}}"
+                    f"[{RATE}]))", "{{instance}} children")], "percentunit"),
+        timeseries(
+            "Memory", "Resident memory of the server process and (fork mode) of its live "
+            "children, summed; virtual memory dashed.",
+            [target(f"sum by (instance) (process_resident_memory_bytes{{{PROC}}})",
+                    "{{instance}} resident"),
+             target(f"sum by (instance) (process_children_resident_memory_bytes{{{PROC}}})",
+                    "{{instance}} children resident"),
+             target(f"sum by (instance) (process_virtual_memory_bytes{{{PROC}}})",
+                    "{{instance}} virtual")], "bytes",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".* virtual"},
+                        "properties": [{"id": "custom.lineStyle",
+                                        "value": {"fill": "dash", "dash": [10, 10]}}]}]),
+        timeseries(
+            "File descriptors", "Open file descriptors against the soft limit (dashed).",
+            [target(f"sum by (instance) (process_open_fds{{{PROC}}})", "{{instance}} open"),
+             target(f"sum by (instance) (process_max_fds{{{PROC}}})", "{{instance}} max")],
+            "short",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".* max"},
+                        "properties": [{"id": "custom.lineStyle",
+                                        "value": {"fill": "dash", "dash": [10, 10]}}]}]),
+        timeseries(
+            "Threads", "Operating system threads of the server process.",
+            [target(f"sum by (instance) (process_threads{{{PROC}}})", "{{instance}}")],
+            "short"),
+        timeseries(
+            "Context switches", "Voluntary (waiting for I/O or a lock) and involuntary "
+            "(preempted: CPU contention) switches per second.",
+            [target(f"sum by (instance, kind) (rate(process_context_switches_total{{{PROC}}}"
+                    f"[{RATE}]))", "{{instance}} {{kind}}")], "ops"),
+        timeseries(
+            "Forked children", "Live forked children (fork mode; 0 in thread mode).",
+            [target(f"sum by (instance) (process_children{{{PROC}}})", "{{instance}}")],
+            "short"),
+    )  # fmt: skip
+
+
+def _variables() -> list[Json]:
+    def query_variable(name: str, label: str, query: str) -> Json:
+        return {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": DATASOURCE,
+            "definition": query,
+            "query": {"qryType": 1, "query": query,
+                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "refresh": 2,  # on time range change: new instances appear after a rollout
+            "includeAll": True,
+            "multi": True,
+            "current": {},
+            "options": [],
+            "regex": "",
+            "sort": 1,
+            "hide": 0,
+            "skipUrlSync": False,
+        }  # fmt: skip
+
+    return [
+        {"name": "datasource", "label": "Data source", "type": "datasource",
+         "query": "prometheus", "current": {}, "options": [], "refresh": 1, "regex": "",
+         "hide": 0, "includeAll": False, "multi": False, "skipUrlSync": False},
+        query_variable("server", "Server", "label_values(socketserver_lifecycle_state, server)"),
+        query_variable("instance", "Instance",
+                       'label_values(socketserver_lifecycle_state{server=~"$server"}, instance)'),
+    ]  # fmt: skip
+
+
+def _annotations() -> list[Json]:
+    return [
+        {"builtIn": 1, "name": "Annotations & Alerts", "type": "dashboard", "enable": True,
+         "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+         "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+         "target": {"limit": 100, "matchAny": False, "tags": [], "type": "dashboard"}},
+        {"name": "Drains", "enable": True, "hide": False, "iconColor": "orange",
+         "datasource": DATASOURCE,
+         "expr": f'socketserver_lifecycle_state{{{SEL}, state="draining"}} == 1',
+         "step": "15s", "titleFormat": "draining", "textFormat": "{{instance}}",
+         "tagKeys": "server,instance", "useValueForTime": False},
+    ]  # fmt: skip
+
+
+def overview() -> Json:
+    """The socketserver-runtime overview dashboard."""
+    layout = Layout()
+    _red_row(layout)
+    _hooks_row(layout)
+    _pool_row(layout)
+    _lifecycle_row(layout)
+    _process_row(layout)
+    return {
+        "uid": "socketserver-runtime-overview",
+        "title": "socketserver-runtime / Overview",
+        "description": "Requests, socketserver hooks, pool saturation, lifecycle and process "
+        "metrics of servers run by socketserver-runtime.",
+        "tags": ["socketserver-runtime", "python"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "id": None,
+        "links": [],
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "timezone": "",
+        "refresh": "30s",
+        "weekStart": "",
+        "templating": {"list": _variables()},
+        "annotations": {"list": _annotations()},
+        "panels": layout.panels,
+    }
+
+
+#: File name -> builder of each dashboard this script writes.
+DASHBOARDS = {"socketserver-overview.json": overview}
+
+
+def render(dashboard: Json) -> str:
+    """The committed form: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(dashboard, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with the committed files instead of writing them",
+    )
+    parser.add_argument("--out", type=Path, default=HERE, help="directory (default: %(default)s)")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = args.out / name
+        text = render(build())
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run python dashboards/generate.py",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

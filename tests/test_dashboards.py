@@ -1,0 +1,231 @@
+"""The Grafana dashboards: generated, portable, and built only from metrics the runtime exposes.
+
+No Prometheus here (tests/test_prometheus_integration.py runs every query for real); the
+metric names come from the /metrics page of a real demo server in thread and fork mode.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _monitoring import (
+    DASHBOARDS,
+    DATASOURCE,
+    SYNTHETIC,
+    all_queries,
+    dashboards,
+    exposed_names,
+    family_of,
+    load_module,
+    metric_names,
+    panels,
+    rules,
+    selectors,
+    variable_query,
+    variables,
+)
+from _proc import RuntimeProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+generate = load_module(DASHBOARDS / "generate.py")
+
+
+@pytest.fixture(scope="module")
+def exposed() -> Iterator[tuple[set[str], set[str]]]:
+    """``(families, series names)`` of the demo's /metrics, thread and fork mode together."""
+    families: set[str] = set()
+    series: set[str] = set()
+    for mode in ("thread", "fork"):
+        server = RuntimeProcess("echo", "--mode", mode, "--drain-delay", "0")
+        try:
+            status, _, text = server.get("/metrics")
+            assert status == 200
+        finally:
+            server.close()
+        f, s = exposed_names(text)
+        families |= f
+        series |= s
+    yield families, series
+
+
+def test_committed_dashboards_are_what_generate_py_writes(tmp_path: Path) -> None:
+    assert generate.main(["--out", str(tmp_path)]) == 0
+    written = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    committed = {p.name: p.read_text() for p in DASHBOARDS.glob("*.json")}
+    assert written, "generate.py wrote nothing"
+    assert written.keys() == committed.keys(), "run: python dashboards/generate.py"
+    for name, text in written.items():
+        assert committed[name] == text, f"{name} is stale; run: python dashboards/generate.py"
+    assert generate.main(["--check"]) == 0
+
+
+def test_check_mode_notices_a_stale_file(tmp_path: Path) -> None:
+    assert generate.main(["--out", str(tmp_path)]) == 0
+    path = next(tmp_path.iterdir())
+    path.write_text(path.read_text().replace("socketserver_", "sockserver_", 1))
+    assert generate.main(["--check", "--out", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_every_panel_and_query_uses_the_datasource_variable(name: str) -> None:
+    dashboard = dashboards()[name]
+    assert "__inputs" not in dashboard and "__requires" not in dashboard
+    datasource = variables(dashboard)["datasource"]
+    assert datasource["type"] == "datasource"
+    assert datasource["query"] == "prometheus"
+    seen = 0
+    for panel in panels(dashboard):
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert panel["targets"], f"{panel['title']}: no query"
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+            seen += 1
+    for annotation in dashboard["annotations"]["list"]:
+        if "expr" in annotation:
+            assert annotation["datasource"] == DATASOURCE, annotation["name"]
+    for variable in variables(dashboard).values():
+        if variable["type"] == "query":
+            assert variable["datasource"] == DATASOURCE, variable["name"]
+    assert seen > 20
+    assert set(_datasource_uids(dashboard)) <= {"${datasource}", "-- Grafana --"}
+
+
+def _datasource_uids(node: Any) -> Iterator[str]:
+    """Every datasource uid anywhere in the JSON (none may be hard-coded)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value["uid"] if isinstance(value, dict) else str(value)
+            else:
+                yield from _datasource_uids(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasource_uids(item)
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_latency_panels_show_exemplars(name: str) -> None:
+    latency = [
+        (panel["title"], target)
+        for panel in panels(dashboards()[name])
+        for target in panel["targets"]
+        if "histogram_quantile" in target["expr"] and panel["type"] == "timeseries"
+    ]
+    assert latency
+    for title, target in latency:
+        assert target["exemplar"] is True, title
+    assert any("socketserver_request_duration_seconds_bucket" in t["expr"] for _, t in latency)
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_template_variables_and_identity(name: str) -> None:
+    dashboard = dashboards()[name]
+    found = variables(dashboard)
+    assert {"datasource", "server", "instance"} <= found.keys()
+    assert variable_query(found["server"]) == ("socketserver_lifecycle_state", "server")
+    selector, label = variable_query(found["instance"])
+    assert label == "instance"
+    assert "$server" in selector  # instances of the chosen servers only
+    for var in ("server", "instance"):
+        assert found[var]["multi"] and found[var]["includeAll"]
+        # No allValue: "All" then expands to the listed values, so $instance never
+        # matches targets that are not socketserver-runtime (process_* and up queries).
+        assert "allValue" not in found[var] or not found[var]["allValue"]
+    assert dashboard["uid"] and re.fullmatch(r"[a-z0-9-]{1,40}", dashboard["uid"])
+    assert 39 <= dashboard["schemaVersion"] < 50
+    assert dashboard["id"] is None
+
+
+@pytest.mark.parametrize("name", sorted(dashboards()))
+def test_layout_has_unique_ids_and_no_overlap(name: str) -> None:
+    items = dashboards()[name]["panels"]
+    assert len({p["id"] for p in items}) == len(items)
+    cells: dict[tuple[int, int], str] = {}
+    for panel in items:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+    rows = [p["title"] for p in items if p["type"] == "row"]
+    for wanted in ("Requests", "hooks", "Pool", "Lifecycle", "Process"):
+        assert any(wanted in row for row in rows), f"no row about {wanted}: {rows}"
+
+
+def test_every_query_filters_by_server_and_instance() -> None:
+    for query in all_queries():
+        found = selectors(query.expr)
+        assert found, f"no braced selector in {query}"
+        for metric, matchers in found:
+            assert 'instance=~"$instance"' in matchers, f"{metric} unfiltered in {query}"
+            if metric.startswith("socketserver_") and metric != "socketserver_build_info":
+                assert 'server=~"$server"' in matchers, f"{metric} unfiltered in {query}"
+
+
+def _used_by_dashboards() -> dict[str, list[str]]:
+    used: dict[str, list[str]] = {}
+    for query in all_queries():
+        for name in metric_names(query.expr):
+            used.setdefault(name, []).append(str(query))
+    for dashboard in dashboards().values():
+        for variable in variables(dashboard).values():
+            if variable["type"] == "query":
+                selector, _ = variable_query(variable)
+                for name in metric_names(selector):
+                    used.setdefault(name, []).append(f"variable {variable['name']}")
+    return used
+
+
+def test_dashboards_query_only_exposed_metrics(exposed: tuple[set[str], set[str]]) -> None:
+    _, series = exposed
+    used = _used_by_dashboards()
+    assert len(used) > 15
+    unknown = {name: where for name, where in used.items() if name not in series | SYNTHETIC}
+    assert not unknown, f"metrics the runtime does not expose: {unknown}"
+
+
+def test_rules_query_only_exposed_metrics(exposed: tuple[set[str], set[str]]) -> None:
+    _, series = exposed
+    recorded = {rule["record"] for rule in rules() if "record" in rule}
+    for rule in rules():
+        unknown = metric_names(rule["expr"]) - series - SYNTHETIC - recorded
+        assert not unknown, f"{rule.get('record') or rule.get('alert')}: unknown {unknown}"
+
+
+def test_every_exposed_family_is_on_the_dashboard(exposed: tuple[set[str], set[str]]) -> None:
+    families, _ = exposed
+    shown = {family_of(name, families) for name in _used_by_dashboards()}
+    ours = {
+        f
+        for f in families
+        if f.startswith(("socketserver_", "process_")) and not f.endswith("_created")
+    }
+    missing = ours - shown
+    assert not missing, f"exposed but on no panel: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('sum by (le) (rate(a_bucket{x="y{z}"}[$__rate_interval]))', {"a_bucket"}),
+        ("histogram_quantile(0.99, sum by (hook, le) (rate(b[5m]))) > 1e3", {"b"}),
+        ("up == 0 and on (job) max_over_time(c[1h] offset 5m)", {"up", "c"}),
+        ("d / ignoring(state) group_left() e * 2", {"d", "e"}),
+        ("job:f:rate5m > bool 0.5 unless g", {"job:f:rate5m", "g"}),
+    ],
+)
+def test_metric_names_of_an_expression(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
+
+
+def test_a_misspelt_metric_would_be_caught(exposed: tuple[set[str], set[str]]) -> None:
+    _, series = exposed
+    assert "socketserver_requests_total" in series
+    assert "socketserver_request_duration_seconds_bucket" in series
+    assert not metric_names("sum(rate(socketserver_request_total[5m]))") <= series

@@ -1,0 +1,432 @@
+"""Dashboards and rules against a real Prometheus scraping real servers.
+
+Two demo servers named "echo" (two instances of one service): one in thread mode with a
+single worker and the reject policy (so requests get rejected) and a 6 s drain delay, one
+in fork mode (so the fork-only series exist). Both trace (exemplars). A real Prometheus
+(scrape and rule evaluation every second, exemplar storage on) scrapes their admin ports
+and evaluates deploy/prometheus/rules.yml. Traffic: ok requests, handler errors, overload
+rejections, then SIGTERM to the thread server and its drain. Then EVERY dashboard query
+(template variables substituted as Grafana would) and EVERY recording rule must evaluate
+without error and return at least one finite sample; the template-variable queries must
+list both instances; exemplars must reach Prometheus; every rule must evaluate healthy;
+three alerts must go pending on the real series (error ratio, drain, target down).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _monitoring import (
+    PROMETHEUS,
+    RULES,
+    all_queries,
+    dashboards,
+    rules,
+    substitute,
+    variable_query,
+    variables,
+)
+from _proc import ROOT, env, poll
+
+PROMETHEUS_BIN = os.environ.get("PROMETHEUS", "prometheus")
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(
+        shutil.which(PROMETHEUS_BIN) is None,
+        reason="prometheus is not installed (Debian package prometheus; `make deps`)",
+    ),
+]
+
+DRAIN_DELAY = 6.0
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """``python -m runtime echo`` with stdout in a file (console traces go there)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+    address: tuple[str, int] = ("", 0)
+    admin: str = ""  # host:port
+
+    @classmethod
+    def start(cls, tmp: Path, name: str, *args: str) -> Server:
+        out, err = tmp / f"{name}.out", tmp / f"{name}.err"
+        cmd = [
+            sys.executable,
+            "-m",
+            "runtime",
+            "echo",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--traces",
+            "console",
+            "--no-access-log",
+            *args,
+        ]
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=stdout, stderr=stderr)
+        server = cls(name, proc, out, err)
+        poll(server._parse, timeout=15, what=f"{name} to print its addresses")
+        return server  # fmt: skip
+
+    def _parse(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited: {self.err.read_text()[-2000:]}")
+        text = self.out.read_text(errors="replace")
+        bound = re.search(r"serving echo on tcp://([\d.]+):(\d+)", text)
+        admin = re.search(r"admin http://([\d.]+:\d+)/metrics", text)
+        if not (bound and admin):
+            return False
+        self.address = (bound.group(1), int(bound.group(2)))
+        self.admin = admin.group(1)
+        return True
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@dataclass
+class Prometheus:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def get(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as err:  # 400/422 carry the PromQL error as JSON
+            return json.loads(err.read())
+
+    def query(self, expr: str, at: float) -> Any:
+        return self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
+
+    def value(self, expr: str) -> list[dict[str, Any]]:
+        """Instant vector result of *expr* now ([] while it selects nothing)."""
+        reply = self.get("/api/v1/query", query=expr)
+        assert reply["status"] == "success", (expr, reply)
+        return list(reply["data"]["result"])
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(tmp: Path, targets: list[str]) -> Path:
+    """The committed prometheus.yml with the test's targets, 1 s intervals and rules path."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(RULES)]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": targets}]
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_prometheus(tmp: Path, config: Path) -> Prometheus:
+    port = free_port()
+    log = tmp / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [PROMETHEUS_BIN, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage",
+             "--log.level=warn"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    prometheus = Prometheus(proc, f"http://127.0.0.1:{port}", log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"prometheus exited: {prometheus.logs()}")
+        try:
+            with urllib.request.urlopen(prometheus.url + "/-/ready", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    poll(ready, timeout=20, what="prometheus to be ready")
+    return prometheus
+
+
+# -- traffic ---------------------------------------------------------------------------------
+
+
+def request(address: tuple[str, int], line: bytes) -> bytes:
+    """One connection, one line; b"" when the server closed it (rejected, or failed)."""
+    try:
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.sendall(line)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(4096):
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+@dataclass
+class Traffic:
+    """Ok requests and handler errors to each server, about 20 rounds a second."""
+
+    servers: list[Server]
+    stop: threading.Event = field(default_factory=threading.Event)
+    replies: dict[bytes, int] = field(default_factory=dict)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for server in self.servers:
+                if server.proc.poll() is not None:
+                    continue
+                for line in (b"hello\n", b"hello\n", b"fail\n"):
+                    try:
+                        reply = request(server.address, line)
+                    except OSError:  # refused once the drain closed the listener
+                        reply = b"<refused>"
+                    self.replies[reply] = self.replies.get(reply, 0) + 1
+            self.stop.wait(0.05)  # pacing the load, not waiting for anything
+
+
+def hold_and_reject(server: Server, count: int) -> None:
+    """Keep the single worker busy with an open connection while *count* others connect."""
+    deadline = time.monotonic() + 10
+    while True:  # the background traffic may have the worker: retry until this one has it
+        holder = socket.create_connection(server.address, timeout=5)
+        holder.sendall(b"hold\n")
+        try:
+            replied = holder.recv(16)
+        except ConnectionResetError:
+            replied = b""
+        if replied == b"hold\n":
+            break
+        holder.close()
+        assert time.monotonic() < deadline, "never got the worker"
+    try:
+        for _ in range(count):
+            assert request(server.address, b"rejected?\n") == b""
+    finally:
+        holder.close()
+
+
+# -- the test --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server]]:
+    started: list[Server] = []
+    prometheus: Prometheus | None = None
+    try:
+        thread = Server.start(
+            tmp_path,
+            "thread",
+            "--mode",
+            "thread",
+            "--max-children",
+            "1",
+            "--queue-size",
+            "0",
+            "--overload",
+            "reject",
+            "--drain-delay",
+            str(DRAIN_DELAY),
+            "--graceful-timeout",
+            "5",
+        )
+        started.append(thread)
+        fork = Server.start(tmp_path, "fork", "--mode", "fork", "--max-children", "4",
+                            "--drain-delay", "0")  # fmt: skip
+        started.append(fork)
+        prometheus = start_prometheus(tmp_path, write_config(tmp_path, [thread.admin, fork.admin]))
+        yield prometheus, thread, fork
+    finally:
+        if prometheus is not None:
+            prometheus.proc.kill()
+            prometheus.proc.wait(timeout=10)
+        for server in started:
+            server.stop()
+
+
+def wait_for(prometheus: Prometheus, expr: str, timeout: float, what: str) -> None:
+    try:
+        poll(lambda: bool(prometheus.value(expr)), timeout=timeout, what=what)
+    except AssertionError:
+        raise AssertionError(f"{what}: {expr} stayed empty\n{prometheus.logs()}") from None
+
+
+def wait_alert(
+    prometheus: Prometheus, name: str, states: str, timeout: float, **labels: str
+) -> None:
+    """Poll until alert *name* with *labels* is in one of *states* ("pending|firing")."""
+
+    def found() -> bool:
+        return any(
+            alert["labels"]["alertname"] == name
+            and alert["state"] in states.split("|")
+            and all(alert["labels"].get(k) == v for k, v in labels.items())
+            for alert in prometheus.get("/api/v1/alerts")["data"]["alerts"]
+        )
+
+    poll(found, timeout=timeout, what=f"alert {name} {states} {labels}")
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(float(sample["value"][1])) for sample in result)
+
+
+def test_every_dashboard_query_and_recording_rule_returns_data(
+    stack: tuple[Prometheus, Server, Server],
+) -> None:
+    prometheus, thread, fork = stack
+    instances = f"({thread.admin}|{fork.admin})"
+    started = time.time()
+
+    # 1. Both targets scraped.
+    def both_up() -> bool:
+        targets = prometheus.get("/api/v1/targets")["data"]["activeTargets"]
+        return sorted(t["labels"]["instance"] for t in targets if t["health"] == "up") == sorted(
+            [thread.admin, fork.admin]
+        )
+
+    poll(both_up, timeout=20, what="both targets up")
+
+    # 2. Traffic: ok, errors (both servers), overload rejections (thread server).
+    traffic = Traffic([thread, fork])
+    driver = threading.Thread(target=traffic.run, name="traffic", daemon=True)
+    driver.start()
+    try:
+        hold_and_reject(thread, 3)
+        wait_for(prometheus, f'socketserver_requests_rejected_total{{reason="overload", '
+                 f'instance="{thread.admin}"}} >= 3', 15, "rejections scraped")  # fmt: skip
+        wait_for(prometheus, 'sum by (instance) (socketserver_errors_total{hook="handle"}) > 0'
+                 ' and sum by (instance) (socketserver_children_reaped_total) > 0', 15,
+                 "handler errors and reaped children scraped")  # fmt: skip
+        wait_alert(prometheus, "SocketserverHighErrorRatio", "pending|firing", 15, server="echo")
+
+        # 3. Graceful drain of the thread server, scraped while it lasts.
+        thread.proc.send_signal(signal.SIGTERM)
+        draining = f'socketserver_lifecycle_state{{state="draining", instance="{thread.admin}"}}'
+        wait_for(prometheus, f"sum_over_time({draining}[10s]) >= 3", DRAIN_DELAY + 2,
+                 "three scrapes of the draining state")  # fmt: skip
+        wait_alert(prometheus, "SocketserverDrainingTooLong", "pending", 5, instance=thread.admin)
+        assert thread.proc.poll() is None, "the drain ended before it was scraped three times"
+        # Every query below is evaluated at this instant: both servers scraped, traffic
+        # flowing, the thread server draining.
+        at = time.time() - 0.5
+    finally:
+        traffic.stop.set()
+        driver.join(timeout=10)
+    assert traffic.replies.get(b"hello\n", 0) > 10, traffic.replies
+
+    values = {
+        "server": "echo", "instance": instances, "datasource": "unused",
+        "__rate_interval": "5s", "__interval": "1s", "__range": "5m",
+        "__range_s": "300", "__interval_ms": "1000",
+    }  # fmt: skip
+
+    # 4. Every dashboard query: valid PromQL, and data (a finite value somewhere).
+    failures = []
+    queries = all_queries()
+    assert len(queries) > 30
+    for query in queries:
+        expr = substitute(query.expr, values)
+        reply = prometheus.query(expr, at)
+        if reply.get("status") != "success":
+            failures.append(f"{query}\n    error: {reply.get('error')}")
+        elif not reply["data"]["result"]:
+            failures.append(f"{query}\n    no data")
+        elif not finite(reply["data"]["result"]):
+            failures.append(f"{query}\n    only NaN/Inf: {reply['data']['result']}")
+    assert not failures, "dashboard queries without data:\n" + "\n".join(failures)
+
+    # 5. Every recording rule has recorded finite data by then.
+    recorded = [rule["record"] for rule in rules() if "record" in rule]
+    for name in recorded:
+        reply = prometheus.query(name, at)
+        assert reply["status"] == "success", (name, reply)
+        if not reply["data"]["result"] or not finite(reply["data"]["result"]):
+            failures.append(f"{name}: {reply['data']['result']}")
+    assert not failures, "recording rules without data:\n" + "\n".join(failures)
+
+    # 6. Template variables list the server and both instances.
+    for dashboard in dashboards().values():
+        for name, variable in variables(dashboard).items():
+            if variable["type"] != "query":
+                continue
+            selector, label = variable_query(variable)
+            reply = prometheus.get(
+                f"/api/v1/label/{label}/values", **{"match[]": substitute(selector, values)},
+                start=f"{started:.3f}", end=f"{at:.3f}",
+            )  # fmt: skip
+            assert reply["status"] == "success", (name, reply)
+            listed = set(reply["data"])
+            wanted = {"echo"} if label == "server" else {thread.admin, fork.admin}
+            assert wanted <= listed, f"variable {name} lists {listed}"
+
+    # 7. Exemplars (trace ids) of the request-duration panel reach Prometheus.
+    latency = next(q for q in queries if "socketserver_request_duration_seconds_bucket"
+                   in q.expr and q.target.get("exemplar"))  # fmt: skip
+    reply = prometheus.get("/api/v1/query_exemplars", query=substitute(latency.expr, values),
+                           start=f"{started:.3f}", end=f"{at:.3f}")  # fmt: skip
+    assert reply["status"] == "success", reply
+    exemplars = [e for series in reply["data"] for e in series["exemplars"]]
+    assert exemplars, f"no exemplars for {latency}"
+    assert all(re.fullmatch(r"[0-9a-f]{32}", e["labels"]["trace_id"]) for e in exemplars)
+
+    # 8. Every rule evaluates without error on the real series.
+    def evaluated() -> bool:
+        groups = prometheus.get("/api/v1/rules")["data"]["groups"]
+        health = [(r.get("name"), r["health"], r.get("lastError")) for g in groups
+                  for r in g["rules"]]  # fmt: skip
+        broken = [h for h in health if h[1] == "err"]
+        assert not broken, broken
+        return len(health) == len(rules()) and all(h[1] == "ok" for h in health)
+
+    poll(evaluated, timeout=5, what="every rule evaluated")
+
+    # 9. The drained server exits; its target goes down and the alert notices.
+    returncode = thread.proc.wait(timeout=DRAIN_DELAY + 10)
+    assert returncode == 0, thread.err.read_text()[-2000:]
+    wait_alert(prometheus, "SocketserverTargetDown", "pending", 10, instance=thread.admin)
+    assert time.time() - started < 60
+
+
+def test_substitute_refuses_unknown_variables() -> None:
+    with pytest.raises(KeyError):
+        substitute("rate(x[$__unknown])", {"server": "echo"})
+    assert substitute('x{a=~"$server", b="${server}"}', {"server": "e"}) == 'x{a=~"e", b="e"}'
