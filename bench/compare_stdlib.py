@@ -375,7 +375,7 @@ def measure_quietly(
         other = sample.share(sample.other_cpu_seconds)
         retry = other > args.noise_limit and len(discarded) < args.retries
         print(
-            f"  {server.name:<24} clients={clients:<4} round={round_} req/s={sample.rps:9.0f} "
+            f"  {server.name:<26} clients={clients:<4} round={round_} req/s={sample.rps:9.0f} "
             f"errors={sample.errors} timeouts={sample.timeouts} other={_percent(other)}"
             + (" (noisy: discarded, again)" if retry else ""),
             file=sys.stderr,
@@ -402,7 +402,7 @@ def pick_cpus(server_cpu: int, loadgen_cpu: int) -> tuple[int | None, int | None
 # -- reporting -------------------------------------------------------------------------
 
 COLUMNS = (
-    ("server", 23, "s"), ("clients", 7, "d"), ("req/s", 7, ".0f"), ("vs stdlib", 9, "s"),
+    ("server", 26, "s"), ("clients", 7, "d"), ("req/s", 7, ".0f"), ("vs stdlib", 9, "s"),
     ("spread", 6, "s"), ("p50 ms", 6, ".3f"), ("p99 ms", 6, ".3f"), ("errors", 6, "d"),
     ("timeouts", 8, "d"), ("CPU us/req", 10, ".1f"), ("vs stdlib", 9, "s"),
     ("srv CPU", 7, "s"), ("lg CPU", 6, "s"), ("other", 5, "s"),
