@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest deps bench clean
+.PHONY: run test lint typecheck pytest deps bench compat clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,21 @@ pytest: $(STAMP) deps
 
 test: lint typecheck pytest
 
+# The tests again on the other supported Pythons this machine has (pyenv's), each in its
+# own venv; a version that is not installed is reported and skipped.
+COMPAT_PYTHONS ?= 3.10 3.12 3.13
+compat: deps
+	@for v in $(COMPAT_PYTHONS); do \
+		py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | sort -V | tail -n 1); \
+		[ -n "$$py" ] || py=$$(command -v python$$v || true); \
+		if [ -z "$$py" ]; then echo "compat: Python $$v not installed here, skipped"; continue; fi; \
+		echo "compat: Python $$v ($$py)"; \
+		$$py -m venv .venv-$$v && .venv-$$v/bin/python -m pip install --quiet -e '.[dev]' \
+			&& .venv-$$v/bin/python -m pytest -q -p no:cacheprovider || exit 1; \
+	done
+
 bench: $(STAMP) deps
 	$(PY) bench/compare_stdlib.py
 
 clean:
-	rm -rf $(VENV) bench/build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-3.* bench/build .mypy_cache .ruff_cache .pytest_cache
