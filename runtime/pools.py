@@ -391,6 +391,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             parent_tel.child_end(),
                             perf_counter(),  # CLOCK_MONOTONIC: comparable in the parent
                             record.fields,
+                            record.io,
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
@@ -445,7 +446,8 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             return
         end = None
         if child.buffer:
-            hooks, error_hook, error_type, extra, end, fields = pickle.loads(bytes(child.buffer))
+            report = pickle.loads(bytes(child.buffer))
+            hooks, error_hook, error_type, extra, end, fields, record.io = report
             if fields:
                 record.fields = fields
             if extra is not None:

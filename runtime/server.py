@@ -45,6 +45,7 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from time import perf_counter, time, time_ns
@@ -66,6 +67,11 @@ _HANDLER_HOOKS = ("setup", "handle", "finish")
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_LEN = 136  # up to and including tcpi_bytes_received
+# Linux TCP states (include/net/tcp_states.h) in which that FIN was received / acknowledged.
+_PEER_FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
+_OUR_FIN_ACKED = frozenset({5, 6})  # FIN_WAIT2, TIME_WAIT
 _MAX_ACCEPT_FAILURES = 8
 
 
@@ -412,12 +418,37 @@ class InstrumentedMixIn:
     def shutdown_request(self, request: Any) -> None:
         record = self._rt_records.get(id(request))
         start = perf_counter()
+        if record is not None and self._rt_access:
+            record.io = self._rt_bytes(request)
         try:
             super().shutdown_request(request)  # type: ignore[misc]
         finally:
             self._rt_timed(record, "shutdown_request", start, perf_counter())
             if record is not None:
                 self._rt_release(record)
+
+    def _rt_bytes(self, request: Any) -> tuple[int, int | None] | None:
+        """Bytes in and out of a request, for its access line: the kernel's counts
+        for TCP (one getsockopt, no per-byte cost), the size of a datagram."""
+        if isinstance(request, tuple):  # (data, socket) of a datagram server
+            return (len(request[0]), None) if isinstance(request[0], bytes) else None
+        if _TCP_INFO is None or self.address_family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        try:
+            info = request.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < _TCP_INFO_LEN:  # a kernel older than 4.1/4.18
+            return None
+        # struct tcp_info: tcpi_state first; tcpi_bytes_acked (sent and acknowledged) and
+        # tcpi_bytes_received at 120. Both follow sequence numbers, so a FIN counts as 1.
+        state = info[0]
+        acked, received = struct.unpack_from("QQ", info, 120)
+        if state in _PEER_FIN_RECEIVED and received:
+            received -= 1
+        if state in _OUR_FIN_ACKED and acked:
+            acked -= 1
+        return received, acked
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log the failure as one structured line with its traceback (not stderr)."""
@@ -512,6 +543,10 @@ class InstrumentedMixIn:
         token = self._rt_tel.activate(record) if record.span is not None else None
         try:
             extra: dict[str, Any] = dict(record.fields) if record.fields else {}
+            if record.io is not None:
+                extra["bytes_in"] = record.io[0]
+                if record.io[1] is not None:
+                    extra["bytes_out"] = record.io[1]
             if record.rejected:
                 extra["reason"] = record.rejected
             elif record.error_type:

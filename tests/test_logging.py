@@ -96,3 +96,60 @@ def test_stdlib_lines_inside_a_request_carry_its_trace_id(root_logging: io.Strin
     assert line["trace_id"] == format(span.context.trace_id, "032x")
     assert line["span_id"] == format(span.context.span_id, "016x")
     assert line["user"] == "carol"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["thread", "fork"])
+def test_access_line_counts_bytes_in_and_out(mode: str) -> None:
+    rt = RuntimeProcess("echo", "--mode", mode, "--drain-delay", "0")
+    try:
+        sock = connect(rt.address)
+        sock.sendall(b"hello\nworld!\n")  # 13 bytes in, echoed: 13 out
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.makefile("rb").read() == b"hello\nworld!\n"
+        sock.close()
+        rt.signal(signal.SIGTERM)
+        code, err = rt.wait()
+        assert code == 0
+    finally:
+        rt.close()
+    (access,) = [line for line in _json_lines(err) if line["event"] == "request"]
+    assert (access["bytes_in"], access["bytes_out"]) == (13, 13)
+
+
+@pytest.mark.timeout(30)
+def test_access_line_of_a_datagram_has_its_size() -> None:
+    log = io.StringIO()
+    server = runtime.UDPServer(
+        ("127.0.0.1", 0), runtime.DatagramRequestHandler,
+        logger=make_logger(fmt="json", stream=log),
+    )  # fmt: skip
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(b"twelve bytes", server.server_address)
+            server.handle_request()
+    finally:
+        server.server_close()
+    (access,) = [line for line in _json_lines(log.getvalue()) if line["event"] == "request"]
+    assert access["bytes_in"] == 12 and "bytes_out" not in access
+
+
+@pytest.mark.timeout(60)
+def test_access_line_bytes_while_the_client_is_still_connected() -> None:
+    rt = RuntimeProcess("handlers:HoldHandler", "--drain-delay", "0")
+    try:
+        sock = connect(rt.address)
+        reader = sock.makefile("rb")
+        sock.sendall(b"hold\n")  # 5 in
+        assert reader.readline() == b"ack\n"  # 4 out
+        sock.sendall(b"go\n")  # 3 in
+        assert reader.readline() == b"done\n"  # 5 out; the handler ends, no FIN from us yet
+        assert reader.readline() == b""
+        sock.close()
+        rt.signal(signal.SIGTERM)
+        code, err = rt.wait()
+        assert code == 0
+    finally:
+        rt.close()
+    (access,) = [line for line in _json_lines(err) if line["event"] == "request"]
+    assert (access["bytes_in"], access["bytes_out"]) == (8, 9)

@@ -41,6 +41,7 @@ class RequestRecord:
         "exemplar",
         "fields",
         "hooks",
+        "io",
         "perf",
         "pid",
         "queued",
@@ -71,6 +72,7 @@ class RequestRecord:
         self.thread = 0  # ident of the thread running the handler (0: not yet, or a child)
         self.pid = 0  # the forked child running it, in fork mode
         self.watch = 0  # the watchdog's flags
+        self.io: tuple[int, int | None] | None = None  # bytes in, out (None: not known)
 
     def fail(self, hook: str, exc: BaseException) -> None:
         """Remember the first (innermost) failure of this request."""
