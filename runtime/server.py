@@ -39,6 +39,7 @@ asks the loop to stop and returns.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import inspect
 import logging
@@ -46,6 +47,7 @@ import os
 import selectors
 import socket
 import struct
+import termios
 import threading
 from collections.abc import Callable
 from time import perf_counter, time, time_ns
@@ -71,7 +73,8 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_LEN = 136  # up to and including tcpi_bytes_received
 # Linux TCP states (include/net/tcp_states.h) in which that FIN was received / acknowledged.
 _PEER_FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
-_OUR_FIN_ACKED = frozenset({5, 6})  # FIN_WAIT2, TIME_WAIT
+_OUR_FIN_SENT = frozenset({4, 5, 6, 9, 11})  # FIN_WAIT1/2, TIME_WAIT, LAST_ACK, CLOSING
+_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # the same number as SIOCOUTQ
 _MAX_ACCEPT_FAILURES = 8
 
 
@@ -440,15 +443,23 @@ class InstrumentedMixIn:
             return None
         if len(info) < _TCP_INFO_LEN:  # a kernel older than 4.1/4.18
             return None
-        # struct tcp_info: tcpi_state first; tcpi_bytes_acked (sent and acknowledged) and
-        # tcpi_bytes_received at 120. Both follow sequence numbers, so a FIN counts as 1.
+        # struct tcp_info: tcpi_state first; tcpi_bytes_acked and tcpi_bytes_received at 120.
+        # Out = acknowledged + still queued (SIOCOUTQ: written, not yet acknowledged).
+        # All follow sequence numbers, so a FIN counts as 1.
         state = info[0]
         acked, received = struct.unpack_from("QQ", info, 120)
+        queued = 0
+        if _SIOCOUTQ is not None:
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(request.fileno(), _SIOCOUTQ, b"\0" * 4))[0]
+            except OSError:
+                pass
+        sent = acked + queued
         if state in _PEER_FIN_RECEIVED and received:
             received -= 1
-        if state in _OUR_FIN_ACKED and acked:
-            acked -= 1
-        return received, acked
+        if state in _OUR_FIN_SENT and sent:
+            sent -= 1
+        return received, sent
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log the failure as one structured line with its traceback (not stderr)."""
