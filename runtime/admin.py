@@ -1,8 +1,11 @@
 """The admin side port: ``/metrics``, ``/livez``, ``/readyz``.
 
 Its own small HTTP server on a daemon thread, never counted as application
-traffic.  Bounded: a few reused threads, a short socket timeout and a cap on
-the request line, so a slow or hostile peer cannot pin it.
+traffic (no telemetry, no access log).  Bounded, so a slow or hostile peer
+cannot pin it: 4 reused threads and a queue of 16 (more connections are
+closed at once, the accept loop never waits), one request per connection,
+a 64 KiB request line and 100 headers at most (http.server's limits), and a
+total of ``request_timeout`` seconds per request, enforced by a watchdog.
 
 - ``/livez``: 200 while the serving loop makes progress; stays 200 while draining.
 - ``/readyz``: 200 while serving; 503 from the moment a drain begins.
@@ -21,25 +24,30 @@ from typing import Any
 
 from .lifecycle import Lifecycle
 from .pools import ThreadingMixIn
+from .server import InstrumentedMixIn
+from .watchdog import Watchdog
 
 __all__ = ["AdminServer"]
 
 RenderMetrics = Callable[[str], tuple[bytes, str]]
 
 
-class _AdminHTTPServer(ThreadingMixIn, http.server.HTTPServer):
+class _AdminHTTPServer(ThreadingMixIn, InstrumentedMixIn, http.server.HTTPServer):
     max_children = 4
     queue_size = 16
+    overload = "reject"
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 64
+    access_log = False
+    connection_timeout = 5.0
 
 
 class _AdminHandler(http.server.BaseHTTPRequestHandler):
     server: _AdminHTTPServer
-    timeout = 10  # seconds a peer may idle mid-request
-    protocol_version = "HTTP/1.1"
+    # One request per connection: an idle keep-alive connection would hold a worker.
+    protocol_version = "HTTP/1.0"
     server_version = "socketserver-runtime-admin"
 
     def do_GET(self) -> None:
@@ -113,11 +121,13 @@ class AdminServer:
         *,
         lifecycle: Lifecycle,
         render_metrics: RenderMetrics,
+        request_timeout: float = 5.0,
     ) -> None:
         self.lifecycle = lifecycle
         self.render_metrics = render_metrics
-        self._httpd = _AdminHTTPServer(address, _AdminHandler)
+        self._httpd = _AdminHTTPServer(address, _AdminHandler, server_name="admin")
         self._httpd.admin = self  # type: ignore[attr-defined]
+        self._watchdog = Watchdog(self._httpd, timeout=request_timeout)
         self._thread: threading.Thread | None = None
 
     @property
@@ -131,6 +141,7 @@ class AdminServer:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
+        self._watchdog.start()
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
             name="runtime-admin", daemon=True,
@@ -138,6 +149,7 @@ class AdminServer:
         self._thread.start()
 
     def close(self) -> None:
+        self._watchdog.stop()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(5)

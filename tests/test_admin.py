@@ -118,3 +118,45 @@ def test_admin_traffic_is_not_application_traffic(stack: Stack) -> None:
     _, _, body = stack.request("GET", "/metrics")
     assert b'server="app"' in body
     assert b"admin" not in body.lower().replace(b"socketserver-runtime-admin", b"")
+
+
+def test_slow_peers_cannot_starve_the_probes() -> None:
+    import time
+
+    stack = Stack()
+    stack.admin.close()  # rebuilt with a short total limit per request, for the test's sake
+    stack.admin = AdminServer(
+        ("127.0.0.1", 0), lifecycle=stack.runtime.lifecycle,
+        render_metrics=stack.telemetry.render, request_timeout=1.0,
+    )  # fmt: skip
+    stack.admin.start()
+    stop = threading.Event()
+
+    def trickle() -> None:  # a request line that never ends, one byte at a time
+        with socket.create_connection(stack.admin.address, timeout=10) as sock:
+            try:
+                sock.sendall(b"GET /livez HTTP/1.1\r\nX-Slow: ")
+                while not stop.is_set():
+                    sock.sendall(b"x")
+                    stop.wait(0.1)
+            except OSError:
+                return  # cut by the admin port: what we want
+
+    peers = [threading.Thread(target=trickle) for _ in range(8)]  # twice the admin's workers
+    for peer in peers:
+        peer.start()
+    try:
+        started = time.monotonic()
+        answered = False
+        while not answered and time.monotonic() - started < 8:
+            try:
+                answered = stack.request("GET", "/livez")[0] == 200
+            except (OSError, http.client.HTTPException):
+                pass  # refused while full: try again
+        assert answered, "the probe was starved by slow peers"
+    finally:
+        stop.set()
+        for peer in peers:
+            peer.join(10)
+        stack.admin.close()
+        stack.server.server_close()
