@@ -158,7 +158,7 @@ class Watchdog:
             {
                 "client": format_address(r.client_address),
                 "age_s": round(now - r.perf, 3),
-                "hook": r.hooks[-1][0] if r.hooks else None,
+                "last_hook": r.hooks[-1][0] if r.hooks else None,  # last one finished
                 **({"pid": r.pid} if r.pid else {}),
             }
             for r in records[:MAX_DUMPED]
