@@ -39,20 +39,25 @@ asks the loop to stop and returns.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import inspect
 import logging
 import os
 import selectors
 import socket
-import struct
-import termios
 import threading
 from collections.abc import Callable
 from time import perf_counter, time, time_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._request import (
+    HANDLER_HOOKS,
+    format_address,
+    handler_plan,
+    logger_enabled,
+    request_bytes,
+    timed_hook,
+)
 from .telemetry.api import NULL, RequestRecord, ServerTelemetry, current_request
 
 if TYPE_CHECKING:
@@ -63,18 +68,11 @@ __all__ = ["InstrumentedMixIn", "LoopController", "TelemetryFactory"]
 _ServerSelector: type[selectors.BaseSelector] = getattr(
     selectors, "PollSelector", selectors.SelectSelector
 )
-_HANDLER_HOOKS = ("setup", "handle", "finish")
 # Decrementing "references" of a record: the accept loop and shutdown_request
 # each release once; whoever pops the last (0) finishes the record.  list.pop
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
-_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
-_TCP_INFO_LEN = 136  # up to and including tcpi_bytes_received
-# Linux TCP states (include/net/tcp_states.h) in which that FIN was received / acknowledged.
-_PEER_FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
-_OUR_FIN_SENT = frozenset({4, 5, 6, 9, 11})  # FIN_WAIT1/2, TIME_WAIT, LAST_ACK, CLOSING
-_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # the same number as SIOCOUTQ
 _MAX_ACCEPT_FAILURES = 8
 
 
@@ -100,38 +98,6 @@ def _transport(family: int, kind: int) -> str:
     if family == getattr(socket, "AF_UNIX", None):
         return "unix"
     return "udp" if kind == socket.SOCK_DGRAM else "tcp"
-
-
-# How to run a RequestHandlerClass with its hooks timed: (class, partial args,
-# partial keywords), or None to call it as it is (not a plain class).
-_HandlerPlan = tuple[type, tuple[Any, ...], dict[str, Any]] | None
-
-
-def _handler_plan(factory: Any) -> _HandlerPlan:
-    cls, args, keywords = factory, (), {}
-    if isinstance(factory, functools.partial):  # http.server's way to pass directory=
-        cls, args, keywords = factory.func, factory.args, dict(factory.keywords)
-    if (
-        isinstance(cls, type)
-        and cls.__new__ is object.__new__  # type: ignore[comparison-overlap]
-        and all(callable(getattr(cls, hook, None)) for hook in _HANDLER_HOOKS)
-    ):
-        return cls, args, keywords
-    return None
-
-
-def _timed_hook(
-    server: InstrumentedMixIn, record: RequestRecord | None, name: str, method: Callable[[], Any]
-) -> Any:
-    start = perf_counter()
-    try:
-        return method()
-    except BaseException as exc:
-        if record is not None:
-            record.fail(name, exc)
-        raise
-    finally:
-        server._rt_timed(record, name, start, perf_counter())
 
 
 class InstrumentedMixIn:
@@ -192,7 +158,7 @@ class InstrumentedMixIn:
         if telemetry is not None:
             self.use_telemetry(telemetry)
         # Decided once: a filtered level costs nothing per request.
-        self._rt_access = self.access_log and _enabled(logger, logging.INFO)
+        self._rt_access = self.access_log and logger_enabled(logger, logging.INFO)
 
     # -- configuration ---------------------------------------------------------
 
@@ -422,44 +388,13 @@ class InstrumentedMixIn:
         record = self._rt_records.get(id(request))
         start = perf_counter()
         if record is not None and self._rt_access:
-            record.io = self._rt_bytes(request)
+            record.io = request_bytes(request, self.address_family)
         try:
             super().shutdown_request(request)  # type: ignore[misc]
         finally:
             self._rt_timed(record, "shutdown_request", start, perf_counter())
             if record is not None:
                 self._rt_release(record)
-
-    def _rt_bytes(self, request: Any) -> tuple[int, int | None] | None:
-        """Bytes in and out of a request, for its access line: the kernel's counts
-        for TCP (one getsockopt, no per-byte cost), the size of a datagram."""
-        if isinstance(request, tuple):  # (data, socket) of a datagram server
-            return (len(request[0]), None) if isinstance(request[0], bytes) else None
-        if _TCP_INFO is None or self.address_family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        try:
-            info = request.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
-        except (OSError, AttributeError):
-            return None
-        if len(info) < _TCP_INFO_LEN:  # a kernel older than 4.1/4.18
-            return None
-        # struct tcp_info: tcpi_state first; tcpi_bytes_acked and tcpi_bytes_received at 120.
-        # Out = acknowledged + still queued (SIOCOUTQ: written, not yet acknowledged).
-        # All follow sequence numbers, so a FIN counts as 1.
-        state = info[0]
-        acked, received = struct.unpack_from("QQ", info, 120)
-        queued = 0
-        if _SIOCOUTQ is not None:
-            try:
-                queued = struct.unpack("i", fcntl.ioctl(request.fileno(), _SIOCOUTQ, b"\0" * 4))[0]
-            except OSError:
-                pass
-        sent = acked + queued
-        if state in _PEER_FIN_RECEIVED and received:
-            received -= 1
-        if state in _OUR_FIN_SENT and sent:
-            sent -= 1
-        return received, sent
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log the failure as one structured line with its traceback (not stderr)."""
@@ -500,7 +435,7 @@ class InstrumentedMixIn:
         try:
             plan = self._rt_handlers[factory]
         except KeyError:
-            plan = self._rt_handlers[factory] = _handler_plan(factory)
+            plan = self._rt_handlers[factory] = handler_plan(factory)
         if plan is None:
             factory(request, client_address, self)
             return
@@ -510,12 +445,12 @@ class InstrumentedMixIn:
         if attrs is None:  # __slots__ without __dict__: run untimed
             handler.__init__(*args, request, client_address, self, **keywords)
             return
-        for hook in _HANDLER_HOOKS:
-            attrs[hook] = functools.partial(_timed_hook, self, record, hook, getattr(handler, hook))
+        for hook in HANDLER_HOOKS:
+            attrs[hook] = functools.partial(timed_hook, self, record, hook, getattr(handler, hook))
         try:
             handler.__init__(*args, request, client_address, self, **keywords)
         finally:
-            for hook in _HANDLER_HOOKS:  # no cycle handler -> partial -> bound method
+            for hook in HANDLER_HOOKS:  # no cycle handler -> partial -> bound method
                 attrs.pop(hook, None)
 
     # -- records ---------------------------------------------------------------
@@ -662,15 +597,3 @@ def _constructor_signature(cls: type) -> inspect.Signature:
     variadic = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
     fixed = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     return inspect.Signature(fixed + extras + variadic)
-
-
-def _enabled(logger: Any, level: int) -> bool:
-    check = getattr(logger, "is_enabled_for", None)
-    return bool(check(level)) if check is not None else True
-
-
-def format_address(address: Any) -> str:
-    """``host:port`` of a client address, or the path of a Unix socket peer."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address) if address else ""

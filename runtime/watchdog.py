@@ -26,7 +26,7 @@ import traceback
 from time import monotonic, perf_counter
 from typing import Any
 
-from .server import format_address
+from ._request import format_address
 from .telemetry.api import RequestRecord
 
 __all__ = ["RequestTimeout", "Watchdog"]
