@@ -71,12 +71,12 @@ class ConcurrencyProbe:
 def line_request(address: Any, line: bytes, timeout: float = 20.0) -> bytes:
     """Send one line on a new connection and return the reply line (b"" when closed)."""
     with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(line + b"\n")
-        with sock.makefile("rb") as reader:
-            try:
+        try:  # a rejected connection may be reset before or after we write
+            sock.sendall(line + b"\n")
+            with sock.makefile("rb") as reader:
                 return reader.readline()
-            except ConnectionResetError:
-                return b""
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
 
 
 # -- threads ---------------------------------------------------------------------------

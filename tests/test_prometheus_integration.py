@@ -14,6 +14,7 @@ three alerts must go pending on the real series (error ratio, drain, target down
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -197,8 +198,12 @@ def request(address: tuple[str, int], line: bytes) -> bytes:
             while chunk := sock.recv(4096):
                 chunks.append(chunk)
             return b"".join(chunks)
-    except (ConnectionResetError, BrokenPipeError):
-        return b""
+    except OSError as exc:
+        # A connection the server closed with our line unread is reset by the kernel;
+        # depending on timing the client sees that as ECONNRESET, EPIPE or ENOTCONN.
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+            return b""
+        raise
 
 
 @dataclass
