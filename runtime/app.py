@@ -1,8 +1,8 @@
 """Assemble a runnable service from :class:`~runtime.config.Settings`.
 
 ``build(settings)`` loads the handler and server classes, binds the server and
-the admin port, and wires telemetry, logs and the lifecycle together; ``run``
-serves until a signal and returns the exit status.  Library code: failures
+the admin port, and wires telemetry, logs and the lifecycle together;
+``App.run()`` serves until a signal and returns the exit status.  Library code: failures
 raise :class:`~runtime.config.ConfigError` (bad setting) or
 :class:`StartupError` (the setting is fine but the machine says no, e.g. a
 port in use); the CLI turns both into one line and exit status 2.
@@ -15,7 +15,6 @@ import importlib
 import os
 import socket
 import socketserver
-import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -28,7 +27,7 @@ from .lifecycle import Runtime
 from .telemetry import Telemetry
 from .telemetry.logging import make_logger, route_stdlib_logging
 
-__all__ = ["App", "StartupError", "build", "load_object", "run"]
+__all__ = ["App", "StartupError", "build", "load_object"]
 
 DEFAULT_BIND = "127.0.0.1:9000"
 _BASE_CLASSES: dict[str, type[socketserver.TCPServer]] = {
@@ -256,10 +255,3 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return "address not available on this machine"
     return exc.strerror or str(exc)
-
-
-def run(settings: Settings, *, announce: IO[str] | None = None) -> int:
-    """Build and serve until stopped; return the exit status (0 clean, 1 forced)."""
-    app = build(settings)
-    print(app.describe(), file=announce or sys.stdout, flush=True)
-    return app.run()

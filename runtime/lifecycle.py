@@ -148,9 +148,7 @@ class Runtime:
         graceful_timeout: float = 30.0,
         poll_interval: float = 0.5,
         liveness_timeout: float = 30.0,
-        telemetry: ServerTelemetry | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
-        flush: Callable[[float], None] | None = None,
         flush_timeout: float = 5.0,
         handle_signals: bool = True,
         request_warn_after: float | None = None,
@@ -162,8 +160,7 @@ class Runtime:
         self.poll_interval = poll_interval
         self.flush_timeout = flush_timeout
         self.handle_signals = handle_signals
-        self._tel = telemetry if telemetry is not None else getattr(server, "_rt_tel", NULL)
-        self._flush = flush
+        self._tel: ServerTelemetry = getattr(server, "_rt_tel", NULL)
         self.logger = logger if logger is not None else server.logger
         self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
         self._signals: deque[int] = deque()
@@ -291,8 +288,6 @@ class Runtime:
         server.set_controller(None)
         server.server_close()
         phase = perf_counter()
-        if self._flush is not None:
-            self._flush(self.flush_timeout)
         self._tel.flush(self.flush_timeout)
         log.info(
             "telemetry flushed",

@@ -18,8 +18,9 @@ import socket
 import socketserver
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from time import perf_counter
+from types import MappingProxyType
 from typing import Any
 
 from .telemetry.api import NULL, NullTelemetry, RequestRecord, ServerTelemetry
@@ -33,6 +34,8 @@ DEFAULT_MAX_THREADS = 128
 DEFAULT_IDLE_TIMEOUT = 30.0
 
 Item = tuple[Any, Any]
+# For a server without InstrumentedMixIn (no records): read-only, shared, never copied.
+_NO_RECORDS: Mapping[int, RequestRecord] = MappingProxyType({})
 
 
 class WorkerPool:
@@ -215,7 +218,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a worker thread (or wait, or reject, when full)."""
-        record = getattr(self, "_rt_records", {}).get(id(request))
+        record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
         if record is not None:
             record.queued = perf_counter()
         block = self.overload != "reject"
@@ -234,7 +237,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run on a worker: finish the request, report errors, always shut it down."""
-        record = getattr(self, "_rt_records", {}).get(id(request))
+        record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
         if record is not None and record.queued:
             self._rt_tel.queue_wait(perf_counter() - record.queued)
         try:
@@ -335,7 +338,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 if heartbeat is not None:
                     heartbeat()
             self._rt_tel.queue_wait(perf_counter() - start)
-        record = getattr(self, "_rt_records", {}).get(id(request))
+        record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
         read_end, write_end = os.pipe()
         try:
             pid = os.fork()
