@@ -12,12 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests need: gcc builds the benchmark's load generator;
-# prometheus (with promtool) checks the dashboards and alert rules for real.
+# Debian packages the tests need: gcc builds the benchmark's load generator and wrk drives
+# its HTTP scenarios; prometheus (with promtool) checks the dashboards and alert rules for
+# real; chromium and chromium-driver load the admin status page in a headless browser.
 deps:
 	@missing=""; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="$$missing prometheus"; \
+	{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || missing="$$missing chromium chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \

@@ -3,7 +3,7 @@
 ``import runtime as socketserver`` and the same code gets every hook measured
 and traced, bounded thread and fork pools, a non-deadlocking ``shutdown()``,
 and (through :class:`Runtime` / :func:`serve`) signals, a graceful drain and
-an admin port with ``/metrics``, ``/livez`` and ``/readyz``.
+an admin port with a status page, ``/metrics``, ``/livez`` and ``/readyz``.
 """
 
 from __future__ import annotations
@@ -85,13 +85,15 @@ def serve(
     ...).  ``/metrics`` renders the server's :class:`Telemetry`, if it has one.
     """
     from .admin import AdminServer
+    from .status import StatusBoard
 
     rt = Runtime(server, **options)
     port = None
     if admin is not None:
-        telemetry = server.telemetry
-        render = telemetry.render if isinstance(telemetry, Telemetry) else _no_metrics
-        port = AdminServer(admin, lifecycle=rt.lifecycle, render_metrics=render)
+        telemetry = server.telemetry if isinstance(server.telemetry, Telemetry) else None
+        render = telemetry.render if telemetry is not None else _no_metrics
+        board = StatusBoard(rt.lifecycle, [server], telemetry)
+        port = AdminServer(admin, lifecycle=rt.lifecycle, render_metrics=render, status=board)
         port.start()
     try:
         return rt.run()

@@ -1,4 +1,4 @@
-"""The admin side port: ``/metrics``, ``/livez``, ``/readyz``.
+"""The admin side port: the status page, ``/metrics``, ``/livez``, ``/readyz``.
 
 Its own small HTTP server on a daemon thread, never counted as application
 traffic (no telemetry, no access log).  Bounded, so a slow or hostile peer
@@ -10,6 +10,8 @@ total of ``request_timeout`` seconds per request, enforced by a watchdog.
 - ``/livez``: 200 while the serving loop makes progress; stays 200 while draining.
 - ``/readyz``: 200 while serving; 503 from the moment a drain begins.
 - ``/metrics``: Prometheus text, or OpenMetrics when the scraper asks for it.
+- ``/``: a live status page (``/status.json`` and two static files, all served
+  from the package: no outside service, no CDN; a strict Content-Security-Policy).
 
 Unknown paths get 404, methods other than GET and HEAD get 405.
 """
@@ -20,16 +22,36 @@ import http.server
 import json
 import threading
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from .lifecycle import Lifecycle
 from .pools import ThreadingMixIn
 from .server import InstrumentedMixIn
+from .status import StatusBoard
 from .watchdog import Watchdog
 
 __all__ = ["AdminServer"]
 
 RenderMetrics = Callable[[str], tuple[bytes, str]]
+
+#: path -> (file in runtime/static, content type)
+STATIC = {
+    "/": ("status.html", "text/html; charset=utf-8"),
+    "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
+    "/static/status.css": ("status.css", "text/css; charset=utf-8"),
+}
+#: The page loads nothing from anywhere else, and runs no inline code.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+PATHS = ["/", "/status.json", "/metrics", "/livez", "/readyz"]
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    folder = resources.files("runtime") / "static"
+    return {path: ((folder / name).read_bytes(), ctype) for path, (name, ctype) in STATIC.items()}
 
 
 class _AdminHTTPServer(ThreadingMixIn, InstrumentedMixIn, http.server.HTTPServer):
@@ -69,8 +91,15 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
                 "status": "ready" if ready else "not ready",
                 "state": admin.lifecycle.state.value,
             })  # fmt: skip
+        elif path == "/status.json" and admin.status is not None:
+            self._json(200, admin.status.snapshot())
+        elif path in admin.static and admin.status is not None:
+            body, content_type = admin.static[path]
+            self._reply(200, body, content_type, {
+                "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+            })  # fmt: skip
         else:
-            self._json(404, {"error": "not found", "paths": ["/metrics", "/livez", "/readyz"]})
+            self._json(404, {"error": "not found", "paths": PATHS})
 
     def do_HEAD(self) -> None:
         self._head_only = True
@@ -121,10 +150,13 @@ class AdminServer:
         *,
         lifecycle: Lifecycle,
         render_metrics: RenderMetrics,
+        status: StatusBoard | None = None,
         request_timeout: float = 5.0,
     ) -> None:
         self.lifecycle = lifecycle
         self.render_metrics = render_metrics
+        self.status = status
+        self.static = _static_files() if status is not None else {}
         self._httpd = _AdminHTTPServer(address, _AdminHandler, server_name="admin")
         self._httpd.admin = self  # type: ignore[attr-defined]
         self._watchdog = Watchdog(self._httpd, timeout=request_timeout)
@@ -141,6 +173,8 @@ class AdminServer:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
+        if self.status is not None:
+            self.status.start()
         self._watchdog.start()
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
@@ -149,6 +183,8 @@ class AdminServer:
         self._thread.start()
 
     def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
         self._watchdog.stop()
         if self._thread is not None:
             self._httpd.shutdown()

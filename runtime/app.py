@@ -24,6 +24,7 @@ from .admin import AdminServer
 from .config import Address, ConfigError, Settings, parse_address
 from .examples import EXAMPLES
 from .lifecycle import Runtime
+from .status import StatusBoard
 from .telemetry import Telemetry
 from .telemetry.logging import make_logger, route_stdlib_logging
 
@@ -105,7 +106,7 @@ class App:
         urls = [f"serving {self.settings.handler} on {_url(self.server, self.address)}"]
         if self.admin is not None:
             base = self.admin.url
-            urls.append(f"admin {base}/metrics  {base}/livez  {base}/readyz")
+            urls.append(f"admin {base}/  {base}/metrics  {base}/livez  {base}/readyz")
         return "\n".join(urls)
 
 
@@ -239,7 +240,10 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     if admin_address is not None:
         try:
             admin = AdminServer(
-                admin_address.address, lifecycle=runtime.lifecycle, render_metrics=telemetry.render
+                admin_address.address,
+                lifecycle=runtime.lifecycle,
+                render_metrics=telemetry.render,
+                status=StatusBoard(runtime.lifecycle, [server], telemetry),
             )
         except OSError as exc:
             server.server_close()

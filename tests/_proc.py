@@ -56,7 +56,7 @@ class RuntimeProcess:
             self.proc.kill()
             raise AssertionError(f"no address in {first!r}; stderr: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
         self.address = (found.group(1), int(found.group(2)))
-        admin = re.search(r"admin (http://[\d.]+:\d+)/metrics", second)
+        admin = re.search(r"admin (http://[\d.]+:\d+)/", second)
         self.admin = admin.group(1) if admin else ""
 
     def get(self, path: str, accept: str = "") -> tuple[int, str, str]:

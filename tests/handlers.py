@@ -45,3 +45,20 @@ class TracingHandler(socketserver.StreamRequestHandler):
         line = self.rfile.readline()
         with trace.get_tracer("handlers").start_as_current_span("echo-work"):
             self.wfile.write(line)
+
+
+class StatusHandler(socketserver.StreamRequestHandler):
+    """One line per request: ``fail`` raises (markup in its message), ``slow`` waits, else echo."""
+
+    #: Shows up on the status page, where it must stay text.
+    MESSAGE = '<img src=x id="injected"> & <b>not bold</b>'
+
+    def handle(self) -> None:
+        import time
+
+        line = self.rfile.readline()
+        if line.startswith(b"fail"):
+            raise ValueError(self.MESSAGE)
+        if line.startswith(b"slow"):
+            time.sleep(0.4)
+        self.wfile.write(line)

@@ -208,7 +208,7 @@ def test_image_command_serves_passes_its_healthcheck_and_drains_on_sigterm(
         assert proc.stdout is not None and proc.stderr is not None
         serving, admin_line = proc.stdout.readline(), proc.stdout.readline()
         bound = re.search(r"on tcp://127\.0\.0\.1:(\d+)", serving)
-        admin = re.search(r"admin http://127\.0\.0\.1:(\d+)/metrics", admin_line)
+        admin = re.search(r"admin http://127\.0\.0\.1:(\d+)/", admin_line)
         assert bound and admin, f"{serving!r} {admin_line!r}; stderr: {proc.stderr.read()!r}"
         address = ("127.0.0.1", int(bound.group(1)))
         admin_url = f"http://127.0.0.1:{admin.group(1)}"

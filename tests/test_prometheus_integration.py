@@ -102,7 +102,7 @@ class Server:
             raise AssertionError(f"{self.name} exited: {self.err.read_text()[-2000:]}")
         text = self.out.read_text(errors="replace")
         bound = re.search(r"serving echo on tcp://([\d.]+):(\d+)", text)
-        admin = re.search(r"admin http://([\d.]+:\d+)/metrics", text)
+        admin = re.search(r"admin http://([\d.]+:\d+)/", text)
         if not (bound and admin):
             return False
         self.address = (bound.group(1), int(bound.group(2)))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .metrics import Metrics, ServerMetrics
+    from .recent import RecentRequests
     from .tracing import ServerTracing, Tracing
 
 __all__ = ["NULL", "NullTelemetry", "RequestRecord", "ServerTelemetry", "Telemetry"]
@@ -31,6 +32,9 @@ class Telemetry:
     ``tracing=True`` uses the global one); ``prefix``: metric name prefix;
     ``hook_spans``: hooks as child spans instead of span events;
     ``process_metrics``: ``process_*`` from psutil (skipped if the registry has them).
+
+    ``recent`` keeps the slowest requests of the last minutes and the latest
+    errors for the admin status page (one comparison per request).
     """
 
     def __init__(
@@ -44,8 +48,10 @@ class Telemetry:
         process_metrics: bool = True,
     ) -> None:
         from .metrics import Metrics
+        from .recent import RecentRequests
 
         self.metrics: Metrics = Metrics(registry, prefix=prefix, process=process_metrics)
+        self.recent: RecentRequests = RecentRequests()
         self.tracing: Tracing | None = None
         if tracing or (tracing is None and tracer_provider is not None):
             from .tracing import Tracing
@@ -58,7 +64,7 @@ class Telemetry:
 
     def bind(self, server: Any) -> ServerTelemetry:
         tracing = self.tracing.bind(server) if self.tracing is not None else None
-        return _Bound(self.metrics.bind(server), tracing, self)
+        return _Bound(server, self.metrics.bind(server), tracing, self)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The registry as Prometheus text, or OpenMetrics when *accept* asks for it."""
@@ -76,11 +82,13 @@ class _Bound:
     """One server's telemetry: metrics and, if enabled, traces."""
 
     def __init__(
-        self, metrics: ServerMetrics, tracing: ServerTracing | None, owner: Telemetry
+        self, server: Any, metrics: ServerMetrics, tracing: ServerTracing | None, owner: Telemetry
     ) -> None:
         self._metrics = metrics
         self._tracing = tracing
         self._owner = owner
+        self._label = str(server.server_label)
+        self._recent = owner.recent
         self.hook = metrics.hook
         self.rejected = metrics.rejected
         self.error = metrics.error
@@ -104,7 +112,9 @@ class _Bound:
         pass
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
-        self._metrics.request_finished(record, end - record.perf)
+        seconds = end - record.perf
+        self._metrics.request_finished(record, seconds)
+        self._recent.observe(self._label, record, seconds)
         if self._tracing is not None:
             self._tracing.request_finished(record, end)
 

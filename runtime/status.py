@@ -1,0 +1,232 @@
+"""What the admin port's status page (``/``) shows, as one JSON document.
+
+:class:`StatusBoard` samples the server's own Prometheus counters and latency
+histogram every ``interval`` seconds on a daemon thread and keeps ``history``
+samples, so the page's charts (request rate, p50/p90/p99) cost the serving
+path nothing: the numbers are the ones ``/metrics`` exports, differenced
+between samples and turned into quantiles the way ``histogram_quantile``
+does.  Totals are read at request time, so they are exact.  The slowest
+recent requests and the latest errors come from the telemetry's
+:class:`~runtime.telemetry.recent.RecentRequests`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from ._request import format_address
+from .lifecycle import Lifecycle
+from .pools import ForkingMixIn, ThreadingMixIn
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
+
+__all__ = ["StatusBoard", "quantile"]
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    wall: float  # time.time()
+    mono: float  # time.monotonic()
+    counts: dict[str, float]  # requests by outcome, cumulative
+    buckets: tuple[float, ...]  # cumulative latency bucket counts (ok + error), +Inf last
+
+
+class StatusBoard:
+    """Samples and serves the status of one runtime (its lifecycle and servers)."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        servers: Sequence[Any],
+        telemetry: Telemetry | None = None,
+        *,
+        interval: float = 5.0,
+        history: int = 120,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.servers = list(servers)
+        self.telemetry = telemetry
+        self.interval = interval
+        self.started = time.time()
+        self._samples: deque[_Sample] = deque(maxlen=history + 1)
+        self._bounds: tuple[float, ...] = ()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sample()
+
+    # -- sampling -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="runtime-status", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        """Take one sample of the counters (the sampler thread calls this)."""
+        if self.telemetry is None:
+            return
+        self.telemetry.recent.rotate()
+        self._samples.append(self._read())
+
+    def _read(self) -> _Sample:
+        assert self.telemetry is not None
+        metrics = self.telemetry.metrics
+        counts: dict[str, float] = {}
+        for labels, value in _samples(metrics.requests.collect(), "_total"):
+            outcome = labels["outcome"]
+            counts[outcome] = counts.get(outcome, 0.0) + value
+        buckets: dict[float, float] = {}
+        for labels, value in _samples(metrics.request_duration.collect(), "_bucket"):
+            if labels["outcome"] != "rejected":  # refused at once: not a latency
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + value
+        self._bounds = tuple(sorted(buckets))
+        cumulative = tuple(buckets[le] for le in self._bounds)
+        return _Sample(time.time(), time.monotonic(), counts, cumulative)
+
+    # -- the document -----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the page shows, JSON-serialisable."""
+        now = time.time()
+        lifecycle = self.lifecycle
+        doc: dict[str, Any] = {
+            "version": __version__,
+            "python": platform.python_version(),
+            "pid": os.getpid(),
+            "now": now,
+            "started": self.started,
+            "uptime_seconds": round(now - self.started, 3),
+            "state": lifecycle.state.value,
+            "ready": lifecycle.ready(),
+            "live": lifecycle.live(),
+            "heartbeat_age_seconds": round(lifecycle.heartbeat_age(), 3),
+            "servers": [_server_status(server) for server in self.servers],
+            "telemetry": self.telemetry is not None,
+            "interval_seconds": self.interval,
+        }
+        if self.telemetry is None:
+            return doc
+        current = self._read()
+        samples = [*self._samples, current]
+        totals = {outcome: int(current.counts.get(outcome, 0)) for outcome in _OUTCOMES}
+        totals["requests"] = sum(totals.values())
+        metrics = self.telemetry.metrics
+        totals["slow"] = int(sum(v for _, v in _samples(metrics.slow.collect(), "_total")))
+        totals["timed_out"] = int(
+            sum(v for _, v in _samples(metrics.timed_out.collect(), "_total"))
+        )
+        recent = self.telemetry.recent
+        window_start = _first_within(samples, current.mono - recent.window)
+        doc.update(
+            totals=totals,
+            window_seconds=recent.window,
+            window=_interval(window_start, current, self._bounds),
+            history=[_interval(a, b, self._bounds) for a, b in itertools.pairwise(samples)],
+            slowest=recent.slowest(),
+            errors=recent.errors(),
+        )
+        return doc
+
+
+_OUTCOMES = ("ok", "error", "rejected")
+
+
+def _samples(families: Iterable[Any], suffix: str) -> Iterable[tuple[dict[str, str], float]]:
+    for family in families:
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                yield sample.labels, sample.value
+
+
+def _first_within(samples: list[_Sample], since: float) -> _Sample:
+    for sample in samples:
+        if sample.mono >= since:
+            return sample
+    return samples[-1]
+
+
+def _interval(a: _Sample, b: _Sample, bounds: tuple[float, ...]) -> dict[str, Any]:
+    """Rate and latency quantiles between two samples."""
+    seconds = max(b.mono - a.mono, 1e-9)
+    done = {k: b.counts.get(k, 0.0) - a.counts.get(k, 0.0) for k in _OUTCOMES}
+    point: dict[str, Any] = {
+        "t": b.wall,
+        "seconds": round(seconds, 3),
+        "requests": int(sum(done.values())),
+        "rate": round(sum(done.values()) / seconds, 3),
+        "error_rate": round(done["error"] / seconds, 3),
+        "rejected_rate": round(done["rejected"] / seconds, 3),
+    }
+    counts: list[float] = []
+    if len(a.buckets) == len(b.buckets):  # the same buckets (they never change in one run)
+        counts = [y - x for x, y in zip(a.buckets, b.buckets, strict=True)]
+    for q in QUANTILES:
+        value = quantile(q, bounds, counts)
+        point[f"p{round(q * 100):d}_ms"] = None if value is None else round(value * 1000, 3)
+    return point
+
+
+def quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> float | None:
+    """The *q* quantile of a histogram, interpolated as Prometheus' ``histogram_quantile``.
+
+    *bounds* are the buckets' upper bounds (``inf`` last) and *cumulative*
+    their cumulative counts.  None when the histogram is empty.
+    """
+    if not cumulative or cumulative[-1] <= 0:
+        return None
+    rank = q * cumulative[-1]
+    below, lower = 0.0, 0.0
+    for upper, count in zip(bounds, cumulative, strict=True):
+        if count >= rank:
+            if upper == float("inf"):
+                return lower  # as Prometheus: the highest finite bound
+            in_bucket = count - below
+            if in_bucket <= 0:
+                return upper
+            return lower + (upper - lower) * (rank - below) / in_bucket
+        below, lower = count, upper
+    return lower
+
+
+def _server_status(server: Any) -> dict[str, Any]:
+    if isinstance(server, ForkingMixIn):
+        mode = "fork"
+    elif isinstance(server, ThreadingMixIn):
+        mode = "thread"
+    else:
+        mode = "sync"
+    stats = server.runtime_stats()
+    return {
+        "name": str(server.server_label),
+        "transport": server.transport,
+        "address": format_address(server.server_address),
+        "mode": mode,
+        "in_flight": int(stats.get("in_flight", 0)),
+        "workers_busy": int(stats.get("workers_busy", 0)),
+        "workers_idle": int(stats.get("workers_idle", 0)),
+        "workers_max": int(stats.get("workers_max", 0)),
+        "queue_depth": int(stats.get("queue_depth", 0)),
+    }
