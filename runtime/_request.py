@@ -19,6 +19,7 @@ from .telemetry.api import RequestRecord
 
 __all__ = [
     "HANDLER_HOOKS",
+    "accept_queue_length",
     "format_address",
     "handler_plan",
     "logger_enabled",
@@ -65,6 +66,19 @@ def timed_hook(
         raise
     finally:
         server._rt_timed(record, name, start, perf_counter())
+
+
+def accept_queue_length(listener: Any, fallback: int) -> int:
+    """Connections waiting in a TCP listener's accept queue (Linux reports it in
+    ``tcpi_unacked`` of a listening socket), else *fallback*."""
+    if _TCP_INFO is not None and listener.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            info = listener.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 32)
+        except OSError:
+            return fallback
+        if len(info) >= 28 and info[0] == 10:  # TCP_LISTEN
+            return int(struct.unpack_from("<I", info, 24)[0])  # tcpi_unacked
+    return fallback
 
 
 def request_bytes(request: Any, family: int) -> tuple[int, int | None] | None:

@@ -163,6 +163,11 @@ class AdminServer:
         self._thread: threading.Thread | None = None
 
     @property
+    def socket(self) -> Any:
+        """The listening socket (a pre-fork worker closes its copy)."""
+        return self._httpd.socket
+
+    @property
     def address(self) -> tuple[str, int]:
         host, port = self._httpd.server_address[:2]
         return str(host), int(port)

@@ -15,6 +15,8 @@ import importlib
 import os
 import socket
 import socketserver
+import sys
+import sysconfig
 import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -24,6 +26,7 @@ from .admin import AdminServer
 from .config import Address, ConfigError, Settings, parse_address
 from .examples import EXAMPLES
 from .lifecycle import Runtime
+from .prefork import Prefork
 from .status import StatusBoard
 from .telemetry import Telemetry
 from .telemetry.logging import make_logger, route_stdlib_logging
@@ -72,7 +75,7 @@ class App:
     settings: Settings
     server: Any
     telemetry: Telemetry
-    runtime: Runtime
+    runtime: Runtime | Prefork
     admin: AdminServer | None
     address: Address
     logger: Any
@@ -126,7 +129,10 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
             raise ConfigError("--server", f"{spec!r} is not a socketserver.BaseServer subclass")
     else:
         base = _BASE_CLASSES[address.transport]
-    cls = servers.instrument(base, settings.mode)
+    mode = settings.mode
+    if mode == "prefork":  # each worker serves alone, or with a thread pool of its own
+        mode = "thread" if settings.threads else "sync"
+    cls = servers.instrument(base, mode)
     attrs: dict[str, Any] = {
         "allow_reuse_address": True,
         "request_queue_size": settings.backlog,
@@ -137,7 +143,10 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
     }
     if address.family == socket.AF_INET6:
         attrs["address_family"] = address.family
-    if settings.max_children is not None:
+    if settings.mode == "prefork":
+        if settings.threads:
+            attrs["max_children"] = settings.threads
+    elif settings.max_children is not None:
         attrs["max_children"] = settings.max_children
     if settings.queue_size is not None:
         attrs["queue_size"] = settings.queue_size
@@ -200,7 +209,9 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             "HANDLER", f"{settings.handler!r} is not module:Class nor an example ({names})"
         )
     handler_spec = example.handler if example else settings.handler
+    before = set(sys.modules)
     handler = load_object(handler_spec, "HANDLER")
+    handler_modules = _project_modules(set(sys.modules) - before)
     if not callable(handler):
         raise ConfigError("HANDLER", f"{handler_spec!r} is not a request handler class")
     address = parse_address(settings.bind or (example.bind if example else DEFAULT_BIND))
@@ -213,42 +224,108 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     logger = make_logger(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     route_stdlib_logging(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     label = settings.server_name or settings.handler.rpartition(":")[2]
-    provider = _tracer_provider(settings, label)
+    prefork = settings.mode == "prefork"
+    # A pre-fork supervisor never serves: its workers build their own telemetry after the fork.
+    provider = None if prefork else _tracer_provider(settings, label)
     telemetry = Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix)
     admin_address = settings.admin_address
     try:
         server = cls(
             address.address,
             handler,
-            telemetry=telemetry,
+            telemetry=None if prefork else telemetry,
             logger=logger,
             server_name=label,
         )
     except OSError as exc:
         raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None
     admin = None
-    runtime = Runtime(
+    runtime: Runtime | Prefork
+    if prefork:
+        runtime = _prefork(settings, server, logger, label, handler_spec, handler_modules)
+    else:
+        runtime = Runtime(
+            server,
+            drain_delay=settings.drain_delay,
+            graceful_timeout=settings.graceful_timeout,
+            poll_interval=settings.poll_interval,
+            liveness_timeout=settings.liveness_timeout,
+            logger=logger,
+            request_warn_after=settings.request_warn_after,
+            request_timeout=settings.request_timeout,
+        )
+    if admin_address is not None:
+        try:
+            if isinstance(runtime, Prefork):
+                status = StatusBoard(runtime.lifecycle, [], None)
+                render = runtime.render
+            else:
+                status = StatusBoard(runtime.lifecycle, [server], telemetry)
+                render = telemetry.render
+            admin = AdminServer(
+                admin_address.address,
+                lifecycle=runtime.lifecycle,
+                render_metrics=render,
+                status=status,
+            )
+            if isinstance(runtime, Prefork):
+                runtime.close_in_workers.append(admin.socket)
+        except OSError as exc:
+            server.server_close()
+            raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
+    return App(settings, server, telemetry, runtime, admin, address, logger, provider)
+
+
+def _prefork(
+    settings: Settings,
+    server: Any,
+    logger: Any,
+    label: str,
+    handler_spec: str,
+    handler_modules: list[str],
+) -> Prefork:
+    def make_telemetry(_slot: int) -> Telemetry:
+        provider = _tracer_provider(settings, label)  # its own service.instance.id
+        return Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix, worker=True)
+
+    def reload() -> Any:
+        """The handler, imported again from its files (SIGHUP)."""
+        for name in handler_modules:
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+        return load_object(handler_spec, "HANDLER")
+
+    workers = settings.worker_count
+    return Prefork(
         server,
+        workers=workers,
+        max_workers=settings.max_children,
+        min_workers=settings.min_workers,
+        worker_timeout=settings.worker_timeout,
+        max_requests=settings.max_requests,
+        max_requests_jitter=settings.max_requests_jitter,
         drain_delay=settings.drain_delay,
         graceful_timeout=settings.graceful_timeout,
         poll_interval=settings.poll_interval,
         liveness_timeout=settings.liveness_timeout,
         logger=logger,
+        make_telemetry=make_telemetry,
+        reload=reload,
         request_warn_after=settings.request_warn_after,
         request_timeout=settings.request_timeout,
+        prefix=settings.metrics_prefix,
     )
-    if admin_address is not None:
-        try:
-            admin = AdminServer(
-                admin_address.address,
-                lifecycle=runtime.lifecycle,
-                render_metrics=telemetry.render,
-                status=StatusBoard(runtime.lifecycle, [server], telemetry),
-            )
-        except OSError as exc:
-            server.server_close()
-            raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
-    return App(settings, server, telemetry, runtime, admin, address, logger, provider)
+
+
+def _project_modules(names: set[str]) -> list[str]:
+    """Of *names*, the modules loaded from outside the interpreter's and packages' folders."""
+    installed = {sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found = []
+    for name in names:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and not any(path.startswith(folder) for folder in installed if folder):
+            found.append(name)
+    return sorted(found)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -55,7 +55,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="host:port, udp://host:port, unix:/path or unixgram:/path (default: 127.0.0.1:9000)",
     )
-    a("--mode", choices=MODES, help="sync, thread (default) or fork")
+    a("--mode", choices=MODES, help="sync, thread (default), fork or prefork")
+    a("--workers", type=int, metavar="N", help="prefork: worker processes (default: usable CPUs)")
+    a("--threads", type=int, metavar="N", help="prefork: threads per worker (default 0: none)")
+    a("--min-workers", type=int, metavar="N", help="prefork: ready with this many up (default 1)")
+    a(
+        "--worker-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="prefork: abort (stack logged) and replace a worker silent this long (default 30)",
+    )
+    a("--max-requests", type=int, metavar="N", help="prefork: recycle a worker after N requests")
+    a("--max-requests-jitter", type=int, metavar="N", help="prefork: plus up to N, at random")
     a(
         "--server",
         metavar="MODULE:CLASS",
@@ -65,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-children",
         type=int,
         metavar="N",
-        help="ceiling of worker threads (default 128) or forked children (default 40)",
+        help="ceiling of worker threads (default 128), forked children (default 40) "
+        "or prefork workers (default 2 x --workers)",
     )
     a("--queue-size", type=int, metavar="N", help="thread hand-off queue (default: max-children)")
     a("--overload", choices=OVERLOAD, help="when full: wait (backpressure, default) or reject")

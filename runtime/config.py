@@ -8,6 +8,7 @@ flag) and the fix; only the CLI turns that into a message and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from .telemetry.logging import FORMATS, LEVELS
 
 __all__ = ["Address", "ConfigError", "Settings", "parse_address", "settings_from"]
 
-MODES = ("sync", "thread", "fork")
+MODES = ("sync", "thread", "fork", "prefork")
 OVERLOAD = ("wait", "reject")
 TRACES = ("none", "console", "otlp")
 
@@ -99,6 +100,13 @@ class Settings:
     mode: str = "thread"
     server: str | None = None  # module:Class, e.g. http.server:HTTPServer
     max_children: int | None = None  # None: the pool's default (128 threads, 40 children)
+    # prefork: worker processes (None: usable CPUs), threads in each (0: one request at a time)
+    workers: int | None = None
+    threads: int = 0
+    min_workers: int = 1  # readiness needs this many workers up
+    worker_timeout: float = 30.0  # a worker without a heartbeat this long is aborted (0: never)
+    max_requests: int = 0  # recycle a worker after this many requests (0: never)
+    max_requests_jitter: int = 0
     queue_size: int | None = None  # None: max_children
     overload: str = "wait"
     backlog: int = 128
@@ -130,6 +138,26 @@ class Settings:
         choice("traces", self.traces, TRACES)
         if self.max_children is not None and self.max_children < 1:
             raise ConfigError("--max-children", f"must be at least 1, got {self.max_children}")
+        prefork = {"workers": self.workers is not None, "threads": self.threads != 0,
+                   "max_requests": self.max_requests != 0}  # fmt: skip
+        for name, given in prefork.items():
+            if given and self.mode != "prefork":
+                raise ConfigError(_flag(name), "applies to --mode prefork only")
+        for name, least in (("workers", 1), ("threads", 0), ("min_workers", 1),
+                            ("max_requests", 0), ("max_requests_jitter", 0)):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ConfigError(_flag(name), f"must be at least {least}, got {value}")
+        if self.worker_timeout < 0:
+            raise ConfigError(
+                "--worker-timeout", f"must be 0 (off) or more seconds, got {self.worker_timeout}"
+            )
+        if (self.mode == "prefork" and self.max_children is not None
+                and self.max_children < self.worker_count):  # fmt: skip
+            raise ConfigError(
+                "--max-children",
+                f"{self.max_children} is below --workers {self.worker_count} (it caps workers)",
+            )
         if self.queue_size is not None and self.queue_size < 0:
             raise ConfigError("--queue-size", f"must be 0 or more, got {self.queue_size}")
         if self.backlog < 1:
@@ -166,6 +194,17 @@ class Settings:
             raise ConfigError(
                 "--metrics-prefix", f"{self.metrics_prefix!r} is not a valid metric name prefix"
             )
+
+    @property
+    def worker_count(self) -> int:
+        """Pre-fork workers: ``workers``, or the CPUs this process may run on."""
+        if self.workers is not None:
+            return self.workers
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
 
     @property
     def admin_address(self) -> Address | None:

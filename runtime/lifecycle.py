@@ -82,6 +82,8 @@ class Lifecycle:
         self._since = monotonic()
         self.heartbeat_at = self._since
         self.stop_requested = False  # set by a signal handler: readiness fails at once
+        #: More that must hold for readiness (the pre-fork pool: enough workers up).
+        self.ready_check: Callable[[], bool] | None = None
         self._lock = threading.Lock()
 
     def to(self, new: State) -> None:
@@ -106,7 +108,9 @@ class Lifecycle:
         return self.state is not State.STOPPED and self.heartbeat_age() < self.liveness_timeout
 
     def ready(self) -> bool:
-        return self.state is State.SERVING and not self.stop_requested
+        if self.state is not State.SERVING or self.stop_requested:
+            return False
+        return self.ready_check is None or self.ready_check()
 
 
 @contextlib.contextmanager
@@ -139,6 +143,12 @@ class Runtime:
     - ``run() -> int``: serve until stopped; returns the exit status
     - ``stop(immediate=False)``: ask it to stop, from any thread or a signal handler
     """
+
+    #: The signals it handles while running (a pre-fork worker leaves SIGINT to its supervisor).
+    signals: tuple[int, ...] = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS + DUMP_SIGNALS
+    #: Take the kernel's accept queue before closing the listener (a pre-fork
+    #: worker leaving a pool that goes on serving leaves it to the others).
+    take_backlog = True
 
     def __init__(
         self,
@@ -244,8 +254,7 @@ class Runtime:
     def run(self) -> int:
         """Startup, serve, shutdown. Returns 0 if nothing was forced, else 1."""
         self.server.set_controller(self)
-        signals = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS + DUMP_SIGNALS
-        capture = capture_signals(self._on_signal, signals)
+        capture = capture_signals(self._on_signal, self.signals)
         self.watchdog.start()
         try:
             with capture if self.handle_signals else contextlib.nullcontext():
@@ -263,7 +272,7 @@ class Runtime:
         if self.lifecycle.state is State.SERVING:
             self.lifecycle.to(State.DRAINING)
         phase = perf_counter()
-        taken = 0 if self._immediate else server.accept_backlog()
+        taken = server.accept_backlog() if self.take_backlog and not self._immediate else 0
         server.close_listener()
         log.info(
             "listener closed",

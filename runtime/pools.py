@@ -19,7 +19,7 @@ import socketserver
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from time import perf_counter
+from time import monotonic, perf_counter
 from types import MappingProxyType
 from typing import Any
 
@@ -125,6 +125,17 @@ class WorkerPool:
                     finally:
                         self._lock.acquire()
 
+    def wait_for_worker(self, timeout: float) -> bool:
+        """Wait up to *timeout* until an item handed over now would start at once."""
+        deadline = monotonic() + timeout
+        with self._lock:
+            while not (self._idle > len(self._items) or len(self._threads) < self.max_workers):
+                remaining = deadline - monotonic()
+                if remaining <= 0 or self._closing:
+                    return False
+                self._space.wait(remaining)
+            return True
+
     def _start(self, item: Item) -> None:
         self._started += 1
         thread = threading.Thread(
@@ -195,6 +206,10 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
     queue_size: int | None = None
     overload: str = "wait"
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: False: take a connection only when a thread is free to run it at once.
+    #: Pre-fork workers sharing a listener set this, so a connection waits in
+    #: the kernel for any worker with a free thread, not in one busy worker's queue.
+    accept_when_busy: bool = True
     _rt_pool: WorkerPool | None = None
 
     # Provided by InstrumentedMixIn / BaseServer; declared for mypy.
@@ -215,6 +230,11 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
                 name=f"{getattr(self, 'server_label', None) or type(self).__name__}-worker",
             )
         return pool
+
+    def _handle_request_noblock(self) -> None:
+        if not self.accept_when_busy and not self._rt_get_pool().wait_for_worker(0.2):
+            return  # the serving loop turns (ticks, heartbeat) and looks again
+        super()._handle_request_noblock()  # type: ignore[misc]
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a worker thread (or wait, or reject, when full)."""

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._request import (
     HANDLER_HOOKS,
+    accept_queue_length,
     format_address,
     handler_plan,
     logger_enabled,
@@ -73,6 +74,7 @@ _ServerSelector: type[selectors.BaseSelector] = getattr(
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
+_MAX_DATAGRAMS_DRAINED = 65536
 _MAX_ACCEPT_FAILURES = 8
 
 
@@ -118,6 +120,7 @@ class InstrumentedMixIn:
     server_address: Any
     RequestHandlerClass: Any
     timeout: float | None
+    request_queue_size: int
     address_family: int
     socket_type: int
 
@@ -267,7 +270,14 @@ class InstrumentedMixIn:
         Returns ``_TAKEN``, ``_EMPTY`` (the socket would block) or ``_FAILED``
         (``get_request`` raised, counted as an error).
         """
-        tel = self._rt_tel
+        taken = self._rt_take()
+        if isinstance(taken, int):
+            return taken
+        self._rt_process(*taken)
+        return _TAKEN
+
+    def _rt_take(self) -> int | tuple[Any, Any, int, float, float]:
+        """``get_request``, timed: (request, client_address, wall, start, end) or a result code."""
         wall = time_ns()
         start = perf_counter()
         try:
@@ -275,10 +285,16 @@ class InstrumentedMixIn:
         except BlockingIOError:
             return _EMPTY
         except OSError as exc:
-            tel.hook("get_request", perf_counter() - start)
-            tel.error("get_request", type(exc).__name__)
+            self._rt_tel.hook("get_request", perf_counter() - start)
+            self._rt_tel.error("get_request", type(exc).__name__)
             return _FAILED
-        now = perf_counter()
+        return request, client_address, wall, start, perf_counter()
+
+    def _rt_process(
+        self, request: Any, client_address: Any, wall: int, start: float, now: float
+    ) -> None:
+        """The rest of the hook chain for a request ``get_request`` returned."""
+        tel = self._rt_tel
         record = RequestRecord(request, client_address, start, wall)
         record.refs = [_LAST, _NOT_LAST]
         self._rt_records[id(request)] = record
@@ -298,7 +314,7 @@ class InstrumentedMixIn:
             if not accepted:
                 record.rejected = "verify_request"
                 self.shutdown_request(request)
-                return _TAKEN
+                return
             try:
                 self.process_request(request, client_address)  # type: ignore[attr-defined]
             finally:
@@ -312,7 +328,6 @@ class InstrumentedMixIn:
             raise
         finally:
             self._rt_release(record)
-        return _TAKEN
 
     def _rt_set_nodelay(self, request: Any) -> None:
         if self.address_family in (socket.AF_INET, socket.AF_INET6):
@@ -513,13 +528,24 @@ class InstrumentedMixIn:
     # -- graceful drain steps (driven by lifecycle.Runtime) ----------------------
 
     def accept_backlog(self) -> int:
-        """Take everything the kernel already queued, without blocking; return the count."""
+        """Take what the kernel already queued, without blocking; return the count.
+
+        Only what is queued when it starts (a TCP listener tells; else at most
+        ``request_queue_size``; datagrams: at most 65536): peers that keep
+        sending while the socket is still open cannot keep a drain going.
+        A stream listener is closed right after its queue is taken, before the
+        connections are processed (processing may wait for a worker), so that
+        no new connection completes its handshake only to be reset.
+        """
+        if self.socket_type == socket.SOCK_STREAM:
+            return self._rt_take_queue_and_close()
         taken = failures = 0
+        queued = _MAX_DATAGRAMS_DRAINED
         self.socket.setblocking(False)
         try:
             # Stop when the queue is empty, or when accepting keeps failing
             # (e.g. EMFILE): a drain must end.
-            while failures < _MAX_ACCEPT_FAILURES:
+            while failures < _MAX_ACCEPT_FAILURES and taken < queued:
                 result = self._rt_accept_one()
                 if result == _EMPTY:
                     break
@@ -531,6 +557,27 @@ class InstrumentedMixIn:
         finally:
             self.socket.setblocking(True)
         return taken
+
+    def _rt_take_queue_and_close(self) -> int:
+        queued = accept_queue_length(self.socket, self.request_queue_size)
+        grabbed: list[tuple[Any, Any, int, float, float]] = []
+        failures = 0
+        self.socket.setblocking(False)
+        try:
+            while failures < _MAX_ACCEPT_FAILURES and len(grabbed) < queued:
+                taken = self._rt_take()
+                if taken == _EMPTY:
+                    break
+                if isinstance(taken, tuple):
+                    grabbed.append(taken)
+                    failures = 0
+                else:
+                    failures += 1
+        finally:
+            self.close_listener()
+        for item in grabbed:
+            self._rt_process(*item)
+        return len(grabbed)
 
     def close_listener(self) -> None:
         """Stop accepting: close the listening socket (new connections are refused)."""

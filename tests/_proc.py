@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -51,13 +53,27 @@ class RuntimeProcess:
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         second = self.proc.stdout.readline()
-        found = re.search(r"on tcp://([\d.]+):(\d+)", first)
+        found = re.search(r"on (?:tcp|udp)://([\d.]+):(\d+)", first)
         if not found:
             self.proc.kill()
             raise AssertionError(f"no address in {first!r}; stderr: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
         self.address = (found.group(1), int(found.group(2)))
         admin = re.search(r"admin (http://[\d.]+:\d+)/", second)
         self.admin = admin.group(1) if admin else ""
+        # Drain both pipes from now on: a chatty server (access lines) must never
+        # block on a full pipe because the test reads only at the end.
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=_drain, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self._out), (self.proc.stderr, self._err))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def stderr_lines(self) -> list[str]:
+        """The lines written to stderr so far."""
+        return list(self._err)
 
     def get(self, path: str, accept: str = "") -> tuple[int, str, str]:
         headers = {"Accept": accept} if accept else {}
@@ -68,6 +84,21 @@ class RuntimeProcess:
         except urllib.error.HTTPError as err:
             return err.code, err.headers.get("Content-Type", ""), err.read().decode()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of *name* (full sample name) matching *labels* on /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(self.get("/metrics")[2]):
+            for sample in family.samples:
+                wanted = all(sample.labels.get(k) == v for k, v in labels.items())
+                if sample.name == name and wanted:
+                    total += sample.value
+        return total
+
+    def ready(self) -> bool:
+        return self.get("/readyz")[0] == 200
+
     def state(self) -> str:
         return str(json.loads(self.get("/readyz")[2])["state"])
 
@@ -75,13 +106,23 @@ class RuntimeProcess:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err
+        """Wait for the exit; returns the status and everything written to stderr."""
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code, "".join(self._err)
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(10)
+
+
+def _drain(stream: Any, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
 
 
 def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:

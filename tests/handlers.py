@@ -62,3 +62,22 @@ class StatusHandler(socketserver.StreamRequestHandler):
         if line.startswith(b"slow"):
             time.sleep(0.4)
         self.wfile.write(line)
+
+
+class PidHandler(socketserver.StreamRequestHandler):
+    """Answers each line with the worker's pid; ``hang`` never answers (a hung worker)."""
+
+    def handle(self) -> None:
+        import os
+
+        for line in self.rfile:
+            if line.startswith(b"hang"):
+                hang_forever()
+            self.wfile.write(b"%d\n" % os.getpid())
+
+
+def hang_forever() -> None:
+    import time
+
+    while True:
+        time.sleep(3600)

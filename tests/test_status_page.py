@@ -118,8 +118,7 @@ def served() -> Iterator[dict[str, Any]]:
 
 
 def _access_lines(rt: RuntimeProcess) -> list[dict[str, Any]]:
-    assert rt.proc.stderr is not None
-    return [json.loads(line) for line in rt.proc.stderr.read().splitlines()
+    return [json.loads(line) for line in rt.wait()[1].splitlines()
             if line.startswith("{") and '"event": "request"' in line]  # fmt: skip
 
 

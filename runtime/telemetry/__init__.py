@@ -33,6 +33,9 @@ class Telemetry:
     ``hook_spans``: hooks as child spans instead of span events;
     ``process_metrics``: ``process_*`` from psutil (skipped if the registry has them).
 
+    ``worker``: a pre-fork worker's telemetry (no lifecycle, build or process
+    families: its supervisor reports those).
+
     ``recent`` keeps the slowest requests of the last minutes and the latest
     errors for the admin status page (one comparison per request).
     """
@@ -46,11 +49,14 @@ class Telemetry:
         prefix: str = "socketserver_",
         hook_spans: bool = False,
         process_metrics: bool = True,
+        worker: bool = False,
     ) -> None:
         from .metrics import Metrics
         from .recent import RecentRequests
 
-        self.metrics: Metrics = Metrics(registry, prefix=prefix, process=process_metrics)
+        self.metrics: Metrics = Metrics(
+            registry, prefix=prefix, process=process_metrics and not worker, worker=worker
+        )
         self.recent: RecentRequests = RecentRequests()
         self.tracing: Tracing | None = None
         if tracing or (tracing is None and tracer_provider is not None):

@@ -97,8 +97,11 @@ def make_logger(
         fmt = "console" if stream.isatty() else "json"
     chain, renderer = _processors(fmt)
     processors = [*chain, renderer]
+    # One write per line (PrintLogger writes the newline separately): with
+    # PYTHONUNBUFFERED, common in containers, the pre-fork workers' lines
+    # would interleave on the shared stderr.  Lines up to PIPE_BUF stay whole.
     logger: Any = structlog.wrap_logger(
-        structlog.PrintLogger(stream),  # type: ignore[arg-type]
+        structlog.WriteLogger(stream),  # type: ignore[arg-type]
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
     )

@@ -60,6 +60,7 @@ class Metrics:
         prefix: str = "socketserver_",
         buckets: Iterable[float] = LATENCY_BUCKETS,
         process: bool = True,
+        worker: bool = False,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.prefix = prefix
@@ -101,15 +102,14 @@ class Metrics:
             p + "requests_timed_out", "Requests ended by the watchdog after request_timeout.",
             _LABELS, registry=reg,
         )  # fmt: skip
-        self.lifecycle_state = Gauge(
-            p + "lifecycle_state", "1 for the server's current lifecycle state.",
-            (*_LABELS, "state"), registry=reg,
-        )  # fmt: skip
-        self.build_info = Gauge(
-            p + "build_info", "Always 1: the runtime's version.", ("version", "python_version"),
-            registry=reg,
-        )  # fmt: skip
-        self.build_info.labels(__version__, platform.python_version()).set(1)
+        # A pre-fork worker's state and version are its supervisor's to report.
+        self.lifecycle_state: Gauge | None = None
+        if not worker:
+            self.lifecycle_state = Gauge(
+                p + "lifecycle_state", "1 for the server's current lifecycle state.",
+                (*_LABELS, "state"), registry=reg,
+            )  # fmt: skip
+            build_info(reg, p)
         self._state_collector = _StateCollector(prefix)
         reg.register(self._state_collector)
         if process:
@@ -122,6 +122,15 @@ class Metrics:
 
     def bind(self, server: Any) -> ServerMetrics:
         return ServerMetrics(self, server, self._state_collector)
+
+
+def build_info(registry: CollectorRegistry, prefix: str) -> None:
+    """Register ``build_info`` (always 1, the runtime's and Python's versions)."""
+    gauge = Gauge(
+        prefix + "build_info", "Always 1: the runtime's version.", ("version", "python_version"),
+        registry=registry,
+    )  # fmt: skip
+    gauge.labels(__version__, platform.python_version()).set(1)
 
 
 class ServerMetrics:
@@ -140,8 +149,9 @@ class ServerMetrics:
         self.request_timed_out = metrics.timed_out.labels(*labels).inc
         self._errors: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        for state in STATES:
-            metrics.lifecycle_state.labels(*labels, state).set(0)
+        if metrics.lifecycle_state is not None:
+            for state in STATES:
+                metrics.lifecycle_state.labels(*labels, state).set(0)
         states.add(labels, server)
 
     def hook(self, name: str, seconds: float, record: RequestRecord | None = None) -> None:
@@ -180,8 +190,11 @@ class ServerMetrics:
         self._m.children_reaped.labels(*self._labels, status).inc()
 
     def state_changed(self, state: str) -> None:
+        gauge = self._m.lifecycle_state
+        if gauge is None:
+            return
         for name in STATES:
-            self._m.lifecycle_state.labels(*self._labels, name).set(1 if name == state else 0)
+            gauge.labels(*self._labels, name).set(1 if name == state else 0)
 
 
 class _StateCollector(Collector):

@@ -1,0 +1,872 @@
+"""Pre-fork worker pool: long-lived worker processes, supervised.
+
+The supervisor (this process) binds the server's socket, forks ``workers``
+processes that each run the instrumented serve loop on that shared socket
+(synchronously, or with a bounded thread pool of ``threads``), and then only
+supervises: it serves the admin port, reads the workers' pipes and
+heartbeats, and acts on signals.
+
+- A worker that crashes is replaced; failures while booting back off
+  exponentially (0.1 s to 10 s), and after ``boot_failure_limit`` failures in
+  a row with no worker serving the supervisor gives up with status 3.
+- A worker whose heartbeat is older than ``worker_timeout`` gets SIGABRT
+  (faulthandler writes every thread's stack to a file the supervisor logs;
+  SIGKILL follows if it still lives a second later), and is replaced.
+- ``max_requests`` (+ up to ``max_requests_jitter``) recycles a worker: it
+  says so, its replacement starts at once, it drains and exits.
+- SIGTTIN / SIGTTOU add / remove a worker (never above ``max_workers``).
+- Each worker imports the handler's modules itself (the supervisor only
+  checks they import), so SIGHUP reloads code: it starts a new generation and
+  stops an old worker for each new one that is ready; if the new ones cannot
+  boot, the old ones keep serving.
+- SIGTERM / SIGINT: readiness fails at once, workers keep serving for
+  ``drain_delay``, then the supervisor closes its copy of the listener and
+  sends SIGTERM to every worker, which takes its share of the kernel's
+  backlog, finishes its requests (``graceful_timeout``) and exits; stragglers
+  are killed.  Exit 0, or 1 if anything was forced.  SIGQUIT or a second
+  signal: stop now.
+
+Metrics: workers write prometheus-client's multiprocess files, one set per
+worker *slot* (not per pid), in a directory made fresh at start and removed
+at exit: a replacement continues its slot's counters, so storage is bounded
+by ``max_workers`` however many workers have lived, and totals never go
+down.  A shared memory table carries each slot's heartbeat, requests in
+flight and pool state; the supervisor turns it into the core's gauges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import mmap
+import os
+import random
+import selectors
+import shutil
+import signal
+import struct
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any
+
+import structlog
+
+from .lifecycle import Lifecycle, Runtime, State, capture_signals
+from .telemetry.api import NULL, RequestRecord, ServerTelemetry
+
+__all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork"]
+
+#: A worker's exit status after recycling itself (max_requests).
+EXIT_RECYCLED = 3
+#: A worker's exit status when it could not boot (handler import, telemetry...).
+EXIT_BOOT_FAILED = 4
+#: The supervisor's exit status when workers keep failing to boot.
+EXIT_GAVE_UP = 3
+
+_SUPERVISOR_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+)  # fmt: skip
+_BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
+#: Why workers exit (the ``cause`` label of ``worker_exits_total``).
+EXIT_CAUSES = (
+    "shutdown", "reload", "scale_down", "max_requests", "exit", "crash", "timeout", "boot_failure",
+)  # fmt: skip
+#: A worker that dies sooner than this after its start counts as a crash loop (back-off).
+_MIN_UPTIME = 1.0
+#: Between SIGABRT (stack dump) and SIGKILL of a hung worker.
+_ABORT_GRACE = 1.0
+
+
+class Slots:
+    """Shared memory table, one row per worker slot: heartbeat and pool state.
+
+    Written by the worker (plain stores, no lock: a torn read costs one scrape
+    a stale number), read by the supervisor.
+    """
+
+    _ROW = struct.Struct("<dqqqqqqq")
+    FIELDS = ("heartbeat", "pid", "in_flight", "busy", "idle", "max", "queue", "handled")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._map = mmap.mmap(-1, max(1, count) * self._ROW.size)  # MAP_SHARED: seen after fork
+
+    def reset(self, slot: int, pid: int) -> None:
+        self._ROW.pack_into(self._map, slot * self._ROW.size, monotonic(), pid, 0, 0, 0, 0, 0, 0)
+
+    def beat(self, slot: int) -> None:
+        struct.pack_into("<d", self._map, slot * self._ROW.size, monotonic())
+
+    def set_pool(self, slot: int, stats: dict[str, float]) -> None:
+        struct.pack_into(
+            "<qqqqq", self._map, slot * self._ROW.size + 16,
+            int(stats.get("in_flight", 0)), int(stats.get("workers_busy", 0)),
+            int(stats.get("workers_idle", 0)), int(stats.get("workers_max", 0)),
+            int(stats.get("queue_depth", 0)),
+        )  # fmt: skip
+
+    def set_requests(self, slot: int, in_flight: int, handled: int) -> None:
+        offset = slot * self._ROW.size
+        struct.pack_into("<q", self._map, offset + 16, in_flight)
+        struct.pack_into("<q", self._map, offset + 56, handled)
+
+    def read(self, slot: int) -> dict[str, float]:
+        row = self._ROW.unpack_from(self._map, slot * self._ROW.size)
+        return dict(zip(self.FIELDS, row, strict=True))
+
+
+@dataclass(eq=False)
+class _Worker:
+    slot: int
+    pid: int
+    generation: int
+    fd: int  # read end of the worker's pipe (-1 once it hit end-of-file)
+    started: float
+    state: str = "booting"  # booting, ready, retiring (recycling itself), stopping
+    stop_cause: str = ""  # why the supervisor stopped it
+    kill_at: float | None = None  # SIGKILL if still alive then
+    killed: bool = False
+    aborted: bool = False  # timed out: SIGABRT sent
+    boot_error: str = ""
+    buffer: bytes = b""
+
+
+@dataclass
+class _Counts:
+    starts: int = 0
+    restarts: int = 0
+    exits: dict[str, int] = field(default_factory=dict)
+
+
+class Prefork:
+    """Supervise ``workers`` processes serving *server*'s socket.
+
+    *server* is an instrumented server, bound and listening, built in this
+    process (sync, or with a thread pool for ``threads`` per worker).
+    *make_telemetry(slot)* builds a worker's telemetry after the fork (its
+    own tracer provider, so its own ``service.instance.id``); *reload()*
+    returns a freshly imported handler class for workers started after a
+    SIGHUP.  Metrics of every worker are served by :meth:`render`.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        *,
+        workers: int,
+        max_workers: int | None = None,
+        min_workers: int = 1,
+        worker_timeout: float = 30.0,
+        max_requests: int = 0,
+        max_requests_jitter: int = 0,
+        boot_failure_limit: int = 5,
+        drain_delay: float = 5.0,
+        graceful_timeout: float = 30.0,
+        poll_interval: float = 0.5,
+        liveness_timeout: float = 30.0,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+        make_telemetry: Callable[[int], Any] | None = None,
+        reload: Callable[[], Any] | None = None,
+        request_warn_after: float | None = None,
+        request_timeout: float | None = None,
+        prefix: str = "socketserver_",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.server = server
+        self.target = workers
+        self.max_workers = max_workers if max_workers is not None else 2 * workers
+        if self.max_workers < workers:
+            raise ValueError(f"max_workers ({self.max_workers}) is below workers ({workers})")
+        self.min_workers = min(min_workers, workers)
+        self.worker_timeout = worker_timeout
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
+        self.boot_failure_limit = boot_failure_limit
+        self.drain_delay = drain_delay
+        self.graceful_timeout = graceful_timeout
+        self.poll_interval = poll_interval
+        self.logger = logger if logger is not None else server.logger
+        self.make_telemetry = make_telemetry
+        self.reload = reload
+        self.request_warn_after = request_warn_after
+        self.request_timeout = request_timeout
+        self.prefix = prefix
+        #: Sockets the workers must not keep (the admin port's, say).
+        self.close_in_workers: list[Any] = []
+        self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
+        self.lifecycle.ready_check = lambda: self.ready_workers() >= self.min_workers
+        self.generation = 0
+        self.counts = _Counts()
+        self.forced = 0
+        self._workers: list[_Worker] = []
+        self._dir = tempfile.mkdtemp(prefix="socketserver-runtime-prefork-")
+        self.metrics_dir = os.path.join(self._dir, "metrics")
+        self._stacks_dir = os.path.join(self._dir, "stacks")
+        os.mkdir(self.metrics_dir)
+        os.mkdir(self._stacks_dir)
+        self.slots = Slots(self.max_workers)
+        self._signals: deque[int] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._boot_failures = 0
+        self._backoff = 0.0
+        self._next_spawn = 0.0
+        self._stopping = False
+        self._immediate = False
+        self._drain_until = 0.0
+        self._listener_closed = False
+        self._gave_up = ""
+        self.registry = self._registry()
+
+    # -- what the admin port reads --------------------------------------------------
+
+    def ready_workers(self) -> int:
+        return sum(1 for w in self._workers if w.state == "ready")
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self._workers]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """One row per live worker, for the state dump and the status page."""
+        now = monotonic()
+        rows = []
+        for w in list(self._workers):
+            slot = self.slots.read(w.slot)
+            rows.append({
+                "worker": w.slot, "pid": w.pid, "generation": w.generation, "state": w.state,
+                "uptime_seconds": round(now - w.started, 3),
+                "heartbeat_age_seconds": round(now - slot["heartbeat"], 3),
+                "in_flight": int(slot["in_flight"]), "handled": int(slot["handled"]),
+            })  # fmt: skip
+        return rows
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def _registry(self) -> Any:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        from .telemetry.metrics import build_info
+        from .telemetry.process import ProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        registry.register(_PoolCollector(self))
+        registry.register(ProcessCollector(self.worker_pids))
+        build_info(registry, self.prefix)
+        return registry
+
+    # -- signals ----------------------------------------------------------------------
+
+    def stop(self, immediate: bool = False) -> None:
+        self._on_signal(signal.SIGQUIT if immediate else signal.SIGTERM)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            self.lifecycle.stop_requested = True  # readiness fails at once
+        self._signals.append(signum)
+        try:
+            os.write(self._wake_w, b"s")
+        except BlockingIOError:
+            pass  # the loop is awake already
+
+    def _act(self, signum: int, now: float) -> None:
+        name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            if signum == signal.SIGQUIT or self._stopping:
+                self._stop_now(name, now)
+            else:
+                self._stopping = True
+                self._drain_until = now + self.drain_delay
+                self.logger.info(
+                    "drain started", signal=name, workers=len(self._workers),
+                    drain_delay=self.drain_delay, graceful_timeout=self.graceful_timeout,
+                )  # fmt: skip
+                self.lifecycle.to(State.DRAINING)
+        elif self._stopping:
+            return  # no reloads or scaling while stopping
+        elif signum == signal.SIGHUP:
+            self.generation += 1
+            self._boot_failures = 0
+            self.logger.info("reload", signal=name, generation=self.generation)
+        elif signum == signal.SIGTTIN:
+            if self.target < self.max_workers:
+                self.target += 1
+            self.logger.info("workers", signal=name, target=self.target)
+        elif signum == signal.SIGTTOU:
+            self.target = max(1, self.target - 1)
+            self.logger.info("workers", signal=name, target=self.target)
+        elif signum == signal.SIGUSR1:
+            self.logger.info(
+                "state", state=self.lifecycle.state.value, target=self.target,
+                generation=self.generation, workers=self.workers(),
+            )  # fmt: skip
+
+    def _stop_now(self, signal_name: str, now: float) -> None:
+        self.logger.warning("stopping now", signal=signal_name, workers=len(self._workers))
+        self._stopping = self._immediate = True
+        self._drain_until = now
+        if self.lifecycle.state is State.SERVING:
+            self.lifecycle.to(State.DRAINING)
+        self._close_listener()
+        for w in self._workers:
+            self._signal_worker(w, signal.SIGQUIT, w.stop_cause or "shutdown", now + 2.0)
+
+    def _changed(self, old: State, new: State, spent: float) -> None:
+        self.logger.info(
+            "lifecycle", server=self.server.server_label, state=new.value, previous=old.value,
+            previous_seconds=round(spent, 6), pid=os.getpid(), mode="prefork",
+        )  # fmt: skip
+
+    # -- the supervisor's loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until stopped; returns 0, 1 (something was forced) or 3 (cannot boot)."""
+        self.logger.info(
+            "prefork", workers=self.target, max_workers=self.max_workers,
+            min_workers=self.min_workers, metrics_dir=self.metrics_dir, pid=os.getpid(),
+        )  # fmt: skip
+        try:
+            with capture_signals(self._on_signal, _SUPERVISOR_SIGNALS):
+                self.lifecycle.to(State.SERVING)
+                self._loop()
+        finally:
+            self._kill_all()
+            self._close_listener()
+            self._selector.close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            shutil.rmtree(self._dir, ignore_errors=True)
+            if self.lifecycle.state is not State.STOPPED:
+                if self.lifecycle.state is State.SERVING:
+                    self.lifecycle.to(State.DRAINING)
+                self.lifecycle.to(State.STOPPED)
+        if self._gave_up:
+            return EXIT_GAVE_UP
+        return 1 if self.forced else 0
+
+    def _loop(self) -> None:
+        while True:
+            now = monotonic()
+            self.lifecycle.heartbeat()
+            while self._signals:
+                self._act(self._signals.popleft(), now)
+            self._reap(now)
+            self._check_workers(now)
+            if self._stopping:
+                if now >= self._drain_until and not self._listener_closed:
+                    self._begin_worker_drain(now)
+                if self._listener_closed and not self._workers:
+                    return
+            else:
+                self._maintain(now)
+                if self._gave_up:
+                    self._stopping = True
+                    self._begin_worker_drain(now)
+            for key, _ in self._selector.select(self._timeout(now)):
+                if key.fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                else:
+                    self._read(key.data)
+
+    def _timeout(self, now: float) -> float:
+        timeout = self.poll_interval
+        if self._stopping and not self._listener_closed:
+            timeout = min(timeout, max(0.0, self._drain_until - now))
+        if self._next_spawn > now:
+            timeout = min(timeout, self._next_spawn - now)
+        return timeout
+
+    # -- workers: start, watch, stop -----------------------------------------------------------
+
+    def _maintain(self, now: float) -> None:
+        serving = [w for w in self._workers if w.state in ("booting", "ready")]
+        current = [w for w in serving if w.generation == self.generation]
+        old = [w for w in serving if w.generation != self.generation]
+        while len(current) > self.target:  # SIGTTOU
+            self._stop_worker(current.pop(), "scale_down", now)
+        # Reload: one old worker stops for each new one ready.
+        ready_new = sum(1 for w in current if w.state == "ready")
+        for w in old[: max(0, ready_new + len(old) - self.target)]:
+            self._stop_worker(w, "reload", now)
+            old.remove(w)
+        missing = self.target - len(current)
+        if missing <= 0 or now < self._next_spawn:
+            return
+        room = self.max_workers - len(self._workers)
+        if room <= 0 and old and not any(w.state == "booting" for w in current):
+            self._stop_worker(old[0], "reload", now)  # no room to start first: make some
+        for _ in range(min(missing, room)):
+            self._spawn(now)
+
+    def _spawn(self, now: float) -> None:
+        used = {w.slot for w in self._workers}
+        slot = min(set(range(self.max_workers)) - used)
+        read_fd, write_fd = os.pipe()
+        self.slots.reset(slot, 0)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 70
+            try:
+                os.close(read_fd)
+                code = _WorkerProcess(self, slot, self.generation, write_fd).run()
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        worker = _Worker(slot, pid, self.generation, read_fd, now)
+        self._workers.append(worker)
+        self._selector.register(read_fd, selectors.EVENT_READ, worker)
+        self.counts.starts += 1
+        self.logger.info("worker started", worker=slot, pid=pid, generation=self.generation)
+
+    def _read(self, w: _Worker) -> None:
+        if w.fd < 0:
+            return  # reaped since the select
+        try:
+            data = os.read(w.fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the worker exited (or closed its pipe): reap it
+            self._selector.unregister(w.fd)
+            os.close(w.fd)
+            w.fd = -1
+            self._reap(monotonic())
+            return
+        w.buffer += data
+        *lines, w.buffer = w.buffer.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            event = message.get("event")
+            if event == "ready" and w.state == "booting":
+                w.state = "ready"
+                self._boot_failures = 0
+                self._backoff = 0.0
+                self.logger.info("worker ready", worker=w.slot, pid=w.pid)
+            elif event == "boot_error":
+                w.boot_error = str(message.get("error", ""))
+            elif event == "retiring" and w.state in ("booting", "ready"):
+                w.state = "retiring"  # its replacement starts now
+                self.logger.info(
+                    "worker recycling", worker=w.slot, pid=w.pid, handled=message.get("handled")
+                )
+
+    def _check_workers(self, now: float) -> None:
+        for w in self._workers:
+            if w.kill_at is not None and now >= w.kill_at and not w.killed:
+                self._kill(w)
+                continue
+            if w.aborted or w.state == "stopping" or self.worker_timeout <= 0:
+                continue
+            age = now - self.slots.read(w.slot)["heartbeat"]
+            if age > self.worker_timeout:
+                self.logger.error(
+                    "worker timed out", worker=w.slot, pid=w.pid, state=w.state,
+                    heartbeat_age_seconds=round(age, 3), worker_timeout=self.worker_timeout,
+                )  # fmt: skip
+                w.aborted = True
+                w.kill_at = now + _ABORT_GRACE
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGABRT)  # faulthandler: every thread's stack
+
+    def _kill(self, w: _Worker) -> None:
+        w.killed = True
+        if not w.aborted:
+            self.forced += 1
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGKILL)
+
+    def _stop_worker(self, w: _Worker, cause: str, now: float) -> None:
+        # SIGHUP: leave a pool that goes on (the accept queue is the others');
+        # SIGTERM: the pool stops, take a share of the queue.
+        signum = signal.SIGTERM if cause == "shutdown" else signal.SIGHUP
+        self._signal_worker(w, signum, cause, now + self.graceful_timeout + 5.0)
+
+    def _signal_worker(self, w: _Worker, signum: int, cause: str, kill_at: float) -> None:
+        w.state = "stopping"
+        w.stop_cause = cause
+        w.kill_at = kill_at if w.kill_at is None else min(w.kill_at, kill_at)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signum)
+
+    def _begin_worker_drain(self, now: float) -> None:
+        self._close_listener()
+        for w in self._workers:
+            if w.state != "stopping":
+                self._stop_worker(w, "shutdown", now)
+
+    def _close_listener(self) -> None:
+        if not self._listener_closed:
+            self._listener_closed = True
+            self.server.server_close()
+
+    def _kill_all(self) -> None:
+        for w in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(w.pid, 0)
+            if w.fd >= 0:
+                os.close(w.fd)
+        self._workers.clear()
+
+    def _reap(self, now: float) -> None:
+        for w in list(self._workers):
+            try:
+                pid, status = os.waitpid(w.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = w.pid, 0
+            if pid == 0:
+                continue
+            self._workers.remove(w)
+            if w.fd >= 0:
+                self._selector.unregister(w.fd)
+                os.close(w.fd)
+                w.fd = -1
+            self._exited(w, status, now)
+
+    def _exited(self, w: _Worker, status: int, now: float) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(f"w{w.slot}", self.metrics_dir)  # type: ignore[no-untyped-call]
+        code = os.waitstatus_to_exitcode(status)
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        if w.aborted:
+            cause = "timeout"
+        elif code == EXIT_BOOT_FAILED:
+            cause = "boot_failure"
+        elif w.stop_cause:
+            cause = w.stop_cause
+        elif code == EXIT_RECYCLED:
+            cause = "max_requests"
+        elif w.state == "booting":
+            cause = "boot_failure"
+        elif code == 0:
+            cause = "exit"  # stopped by someone else's SIGTERM, say: drained and left
+        else:
+            cause = "crash"
+        self.counts.exits[cause] = self.counts.exits.get(cause, 0) + 1
+        fields: dict[str, Any] = {"worker": w.slot, "pid": w.pid, "cause": cause, "exit": how}
+        fields["uptime_seconds"] = round(now - w.started, 3)
+        if cause == "timeout":
+            fields["stack"] = self._take_stack(w.slot)
+            self.logger.error("worker aborted", **fields)
+        elif cause == "boot_failure":
+            self.logger.error("worker failed to boot", error=w.boot_error, **fields)
+        elif cause == "crash":
+            self.logger.error("worker died", **fields)
+        elif cause == "exit":
+            self.logger.warning("worker exited unasked", **fields)
+        elif w.killed or code not in (0, EXIT_RECYCLED, EXIT_BOOT_FAILED):  # something was cut
+            if not w.killed:
+                self.forced += 1  # (killed ones were counted when killed)
+            self.logger.warning("worker stopped", forced=True, **fields)
+        else:
+            self.logger.info("worker stopped", **fields)
+        if cause in ("crash", "timeout", "boot_failure") and not (self._stopping or w.stop_cause):
+            self.counts.restarts += 1
+            if cause == "boot_failure" or now - w.started < _MIN_UPTIME:
+                self._failed_boot(w, now)
+
+    def _failed_boot(self, w: _Worker, now: float) -> None:
+        if self._gave_up:
+            return
+        self._boot_failures += 1
+        self._backoff = min(_BACKOFF_MAX, max(_BACKOFF_MIN, self._backoff * 2))
+        self._next_spawn = now + self._backoff
+        if self._boot_failures < self.boot_failure_limit:
+            return
+        serving = [x for x in self._workers if x.state == "ready"]
+        if any(x.generation != self.generation for x in serving):
+            old = max(x.generation for x in serving if x.generation != self.generation)
+            self.logger.error(
+                "reload failed: new workers cannot boot; the running workers stay",
+                generation=self.generation, kept_generation=old, failures=self._boot_failures,
+                error=w.boot_error,
+            )  # fmt: skip
+            for x in self._workers:
+                if x.generation == self.generation and x.state == "booting":
+                    self._stop_worker(x, "reload", now)
+            self.generation = old
+            self._boot_failures = 0
+        elif not serving:
+            self._gave_up = w.boot_error or "workers exit while booting"
+            self.logger.error(
+                f"workers failed to boot {self._boot_failures} times in a row; giving up",
+                error=self._gave_up,
+            )
+
+    def _take_stack(self, slot: int) -> str:
+        path = os.path.join(self._stacks_dir, f"w{slot}.txt")
+        try:
+            with open(path, "r+") as f:
+                text = f.read()
+                f.truncate(0)
+        except OSError:
+            return ""
+        return text.strip()
+
+
+class _WorkerProcess:
+    """What runs in a forked worker: boot, report ready, serve, exit."""
+
+    def __init__(self, pool: Prefork, slot: int, generation: int, report_fd: int) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.generation = generation
+        self.report_fd = report_fd
+        self.handled = 0
+        self.early_signals: list[int] = []
+        self.supervisor = os.getppid()
+        limit = pool.max_requests
+        if limit > 0 and pool.max_requests_jitter > 0:
+            limit += random.randint(0, pool.max_requests_jitter)
+        self.limit = limit
+        self.runtime: _WorkerRuntime | None = None
+
+    def send(self, event: str, **fields: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.report_fd, (json.dumps({"event": event, **fields}) + "\n").encode())
+
+    def run(self) -> int:
+        pool, server = self.pool, self.pool.server
+        logger = pool.logger.bind(worker=self.slot)
+        try:
+            self._detach()
+            if pool.reload is not None:  # the handler's code as it is on disk now
+                server.RequestHandlerClass = pool.reload()
+            telemetry = pool.make_telemetry(self.slot) if pool.make_telemetry else None
+            server.logger = logger
+            server.use_telemetry(_SlotTelemetry(telemetry, self))
+            # Every worker wakes for each connection (or datagram); the ones that
+            # lose the race must find nothing, not block in accept() (or recvfrom).
+            server.socket.setblocking(False)
+            server.accept_when_busy = False  # (a worker with threads) see pools.ThreadingMixIn
+            rt = _WorkerRuntime(
+                server, drain_delay=0.0, graceful_timeout=pool.graceful_timeout,
+                poll_interval=pool.poll_interval, logger=logger,
+                request_warn_after=pool.request_warn_after, request_timeout=pool.request_timeout,
+            )  # fmt: skip
+            rt.slots, rt.slot, rt.supervisor = pool.slots, self.slot, self.supervisor
+            self.runtime = rt
+        except Exception as exc:
+            logger.exception("worker failed to boot")
+            self.send("boot_error", error=f"{type(exc).__name__}: {exc}")
+            return EXIT_BOOT_FAILED
+        for signum in self.early_signals:  # asked to leave while booting
+            rt._on_signal(signum)
+        self.send("ready")
+        code = rt.run()
+        return EXIT_RECYCLED if code == 0 and rt.recycled else code
+
+    def _detach(self) -> None:
+        """Leave the supervisor's signals, pipes and sockets to the supervisor."""
+        pool = self.pool
+        for signum in (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)  # the supervisor's to act on
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # acted on once the runtime runs
+            signal.signal(signum, lambda s, _f: self._early_signal(s))
+        pool._selector.close()
+        for fd in (pool._wake_r, pool._wake_w, *(w.fd for w in pool._workers if w.fd >= 0)):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        pool._workers = []
+        for sock in pool.close_in_workers:
+            sock.close()
+        stack = open(os.path.join(pool._stacks_dir, f"w{self.slot}.txt"), "w")  # noqa: SIM115
+        faulthandler.enable(file=stack, all_threads=True)  # SIGABRT: dump the stacks, then die
+        pool.slots.reset(self.slot, os.getpid())
+        _use_multiprocess_values(pool.metrics_dir, f"w{self.slot}")
+
+    def _early_signal(self, signum: int) -> None:
+        if self.runtime is not None:
+            self.runtime._on_signal(signum)  # booted, its own handlers not yet installed
+        else:
+            self.early_signals.append(signum)
+
+    # -- called per request by _SlotTelemetry --------------------------------------------
+
+    def finished(self, in_flight: int) -> None:
+        self.handled += 1
+        self.pool.slots.set_requests(self.slot, in_flight, self.handled)
+        rt = self.runtime
+        if self.limit and self.handled >= self.limit and rt is not None and not rt.recycled:
+            rt.recycled = True
+            self.send("retiring", handled=self.handled)
+            rt.retire()
+
+
+class _WorkerRuntime(Runtime):
+    """The core's runtime in a worker: heartbeats to the slot table; SIGINT is the supervisor's.
+
+    SIGTERM: the pool stops, take a share of the accept queue, finish, exit.
+    SIGHUP: this worker leaves a pool that goes on (reload, scale down, recycling):
+    finish what it has, and leave the queue to the others.
+    """
+
+    signals = (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP)
+    slots: Slots
+    slot: int
+    recycled = False
+    orphaned = False
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.take_backlog = False
+            signum = signal.SIGTERM
+        super()._on_signal(signum)
+
+    def retire(self) -> None:
+        self._on_signal(signal.SIGHUP)
+
+    supervisor = 0
+
+    def tick(self) -> float | None:
+        self.slots.beat(self.slot)
+        self.slots.set_pool(self.slot, self.server.runtime_stats())
+        if os.getppid() != self.supervisor and not self.orphaned:
+            # The supervisor died (SIGKILL, OOM): nobody would stop or replace us.
+            self.orphaned = True
+            self.logger.error("supervisor gone; stopping now", supervisor=self.supervisor)
+            self.stop(immediate=True)
+        return super().tick()
+
+    def heartbeat(self) -> None:
+        self.slots.beat(self.slot)
+        super().heartbeat()
+
+
+class _SlotTelemetry:
+    """A worker's telemetry factory: the real one, plus the slot table's request counts."""
+
+    def __init__(self, inner: Any, worker: _WorkerProcess) -> None:
+        self.inner = inner
+        self.worker = worker
+
+    def bind(self, server: Any) -> ServerTelemetry:
+        bound: ServerTelemetry = self.inner.bind(server) if self.inner is not None else NULL
+        return _SlotBound(bound, server, self.worker)  # type: ignore[return-value]
+
+
+class _SlotBound:
+    """Delegates every call to the bound telemetry; counts requests into the slot table."""
+
+    def __init__(self, bound: ServerTelemetry, server: Any, worker: _WorkerProcess) -> None:
+        for name in (
+            "activate", "deactivate", "hook", "rejected", "error", "queue_wait", "child_reaped",
+            "request_slow", "request_timed_out", "state_changed", "flush", "child_begin",
+            "child_end", "child_merge",
+        ):  # fmt: skip
+            setattr(self, name, getattr(bound, name))
+        self._started = bound.request_started
+        self._finished = bound.request_finished
+        self._records = server._rt_records
+        self._worker = worker
+        self._slots = worker.pool.slots
+        self._slot = worker.slot
+
+    def request_started(self, record: RequestRecord) -> None:
+        self._started(record)
+        self._slots.set_requests(self._slot, len(self._records), self._worker.handled)
+
+    def request_finished(self, record: RequestRecord, end: float) -> None:
+        self._finished(record, end)
+        self._worker.finished(max(0, len(self._records) - 1))
+
+
+def _use_multiprocess_values(directory: str, name: str) -> None:
+    """Make every metric value created from now on live in *directory*'s files for *name*.
+
+    prometheus-client picks its value class when it is imported (by
+    ``PROMETHEUS_MULTIPROC_DIR``); a worker switches after the fork, with its
+    slot's name instead of its pid, so a replacement continues the slot's
+    counters.
+    """
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue(lambda: name)  # type: ignore[no-untyped-call]
+
+
+class _PoolCollector:
+    """The supervisor's own families, and the core's gauges summed over the slot table."""
+
+    def __init__(self, pool: Prefork) -> None:
+        self.pool = pool
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        pool, p = self.pool, self.pool.prefix
+        labels = [str(pool.server.server_label), pool.server.transport]
+        names = ["server", "transport"]
+        rows = [pool.slots.read(w.slot) for w in list(pool._workers)]
+        for row in rows:
+            if row["max"] == 0:  # a sync worker: itself is the one worker
+                row["max"], row["busy"] = 1, min(1, row["in_flight"])
+                row["idle"] = 1 - row["busy"]
+        total = {k: sum(r[k] for r in rows) for k in ("in_flight", "busy", "idle", "max", "queue")}
+        in_flight = GaugeMetricFamily(
+            p + "requests_in_flight", "Requests taken and not yet finished.", labels=names
+        )
+        in_flight.add_metric(labels, total["in_flight"])
+        workers = GaugeMetricFamily(
+            p + "workers", "Worker threads or children, by state.", labels=[*names, "state"]
+        )
+        workers.add_metric([*labels, "busy"], total["busy"])
+        workers.add_metric([*labels, "idle"], total["idle"])
+        workers_max = GaugeMetricFamily(
+            p + "workers_max", "Ceiling of workers (max_children).", labels=names
+        )
+        workers_max.add_metric(labels, total["max"])
+        queue = GaugeMetricFamily(p + "queue_depth", "Requests waiting for a worker.", labels=names)
+        queue.add_metric(labels, total["queue"])
+        state = GaugeMetricFamily(
+            p + "lifecycle_state", "1 for the server's current lifecycle state.",
+            labels=[*names, "state"],
+        )  # fmt: skip
+        for name in ("starting", "serving", "draining", "stopped"):
+            state.add_metric([*labels, name], 1 if pool.lifecycle.state.value == name else 0)
+        yield from (in_flight, workers, workers_max, queue, state)
+
+        processes = GaugeMetricFamily(
+            p + "worker_processes", "Live pre-fork worker processes, by state.", labels=["state"]
+        )
+        for name in ("booting", "ready", "retiring", "stopping"):
+            processes.add_metric([name], sum(1 for w in pool._workers if w.state == name))
+        beat = GaugeMetricFamily(
+            p + "worker_heartbeat_age_seconds", "Seconds since each worker slot's last heartbeat.",
+            labels=["worker"],
+        )  # fmt: skip
+        now = monotonic()
+        for w in list(pool._workers):
+            beat.add_metric([str(w.slot)], max(0.0, now - pool.slots.read(w.slot)["heartbeat"]))
+        starts = CounterMetricFamily(p + "worker_starts", "Worker processes started.")
+        starts.add_metric([], pool.counts.starts)
+        restarts = CounterMetricFamily(
+            p + "worker_restarts", "Workers started to replace one that crashed, hung or failed."
+        )
+        restarts.add_metric([], pool.counts.restarts)
+        exits = CounterMetricFamily(
+            p + "worker_exits", "Worker processes that exited, by cause.", labels=["cause"]
+        )
+        for cause in EXIT_CAUSES:
+            exits.add_metric([cause], pool.counts.exits.get(cause, 0))
+        yield from (processes, beat, starts, restarts, exits)
