@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest deps bench compat clean
+.PHONY: run test lint typecheck pytest deps bench bench-suite compat clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ compat: deps
 
 bench: $(STAMP) deps
 	$(PY) bench/compare_stdlib.py
+
+# Issue 4's suite: stdlib, gunicorn and the runtime, TCP and HTTP, 8/64/512 clients (~20 min).
+bench-suite: $(STAMP) deps
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf $(VENV) .venv-3.* bench/build .mypy_cache .ruff_cache .pytest_cache

@@ -11,8 +11,10 @@ machine hits every server alike, and prints the medians with the ratio
 against ``stdlib-threading`` measured in the same invocation.
 
 Server CPU per request is the server process's utime+stime (from
-``/proc/<pid>/stat``, all its threads, live and exited) over the run, divided
-by the replies the load generator received and checked.
+``/proc/<pid>/stat``, all its threads, live and exited, plus any child
+processes) over the run, divided by the replies the load generator received
+and checked.  ``suite.py`` runs the wider comparison of issue 4 (keep-alive,
+512 clients, forking servers, HTTP and gunicorn).
 
 ``--smoke`` runs every scenario once for about a second and exits non-zero if
 any scenario got no successful request or the harness broke.  Results go to
@@ -25,27 +27,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import selectors
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-LOADGEN_SRC = BENCH / "loadgen.c"
-LOADGEN = BENCH / "build" / "loadgen"
+from _harness import (
+    BENCH,
+    LOADGEN,
+    RESULTS,
+    HarnessError,
+    build_loadgen,
+    environment,
+    median,
+    percent_text,
+    pick_cpus,
+    ratio_text,
+)
+from _proc import ServerProcess, cpu_busy_seconds, start_server, tree_cpu_seconds
+
 ECHO_SERVERS = BENCH / "echo_servers.py"
-RESULTS = BENCH / "results"
 
 BASELINE = "stdlib-threading"
 SERVERS = (
@@ -56,14 +62,6 @@ SERVERS = (
     "runtime-threading-watchdog",
 )
 MODE = "connect"
-ERROR_MARKS = ("Traceback", "Error", '"level": "error"', '"level": "warning"')
-SERVER_START_TIMEOUT = 20.0
-SERVER_STOP_TIMEOUT = 10.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class HarnessError(Exception):
-    """The benchmark itself could not run (build, server start, load generator)."""
 
 
 @dataclass(frozen=True)
@@ -142,163 +140,45 @@ class Summary:
             rps=statistics.median(rps),
             rps_min=min(rps),
             rps_max=max(rps),
-            rps_ratio=_median([s.rps / b.rps if b.rps else math.nan for s, b in pairs]),
+            rps_ratio=median([s.rps / b.rps if b.rps else math.nan for s, b in pairs]),
             p50_ms=statistics.median(s.p50_ms for s in samples),
             p99_ms=statistics.median(s.p99_ms for s in samples),
             errors=sum(s.errors for s in samples),
             timeouts=sum(s.timeouts for s in samples),
             port_exhaustion=sum(s.port_exhaustion for s in samples),
             clients_with_zero_replies=max(s.clients_with_zero_replies for s in samples),
-            cpu_us_per_request=_median([s.cpu_us_per_request for s in samples]),
-            cpu_ratio=_median([s.cpu_us_per_request / b.cpu_us_per_request for s, b in pairs]),
-            server_cpu_share=_median([s.share(s.server_cpu_seconds) for s in samples]),
-            loadgen_cpu_share=_median([s.share(s.loadgen_cpu_seconds) for s in samples]),
-            other_cpu_share=_median([s.share(s.other_cpu_seconds) for s in samples]),
+            cpu_us_per_request=median([s.cpu_us_per_request for s in samples]),
+            cpu_ratio=median([s.cpu_us_per_request / b.cpu_us_per_request for s, b in pairs]),
+            server_cpu_share=median([s.share(s.server_cpu_seconds) for s in samples]),
+            loadgen_cpu_share=median([s.share(s.loadgen_cpu_seconds) for s in samples]),
+            other_cpu_share=median([s.share(s.other_cpu_seconds) for s in samples]),
             noisy_runs=sum(s.share(s.other_cpu_seconds) > noise_limit for s in samples),
             min_requests=min(s.requests for s in samples),
         )
 
 
-def _median(values: Sequence[float]) -> float:
-    """Median of the values that are numbers (NaN: no data)."""
-    present = [v for v in values if not math.isnan(v)]
-    return statistics.median(present) if present else math.nan
-
-
-# -- building and processes ------------------------------------------------------------
-
-
-def build_loadgen() -> Path:
-    """Compile the load generator unless the binary is newer than its source."""
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
-    LOADGEN.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["gcc", "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)]
-    try:
-        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True)
-    except FileNotFoundError as exc:
-        raise HarnessError("gcc not found: it is needed to build bench/loadgen.c") from exc
-    except subprocess.CalledProcessError as exc:
-        raise HarnessError(f"building the load generator failed:\n{exc.stderr}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise HarnessError("building the load generator timed out") from exc
-    return LOADGEN
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process *pid* (every thread, exited ones included), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLK_TCK
-
-
-def cpu_busy_seconds(cpu: int) -> float:
-    """Time CPU *cpu* was not idle since boot (user..steal of ``/proc/stat``), in seconds."""
-    prefix = f"cpu{cpu} "
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(prefix):
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
-            return (user + nice + system + irq + softirq + steal) / CLK_TCK
-    raise HarnessError(f"no {prefix.strip()} in /proc/stat")
-
-
-@dataclass
-class RunningServer:
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: IO[bytes]
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise HarnessError(
-                f"server {self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, limit: int = 2000) -> str:
-        self.log.flush()
-        self.log.seek(max(0, self.log.seek(0, os.SEEK_END) - limit))
-        return self.log.read().decode(errors="replace")
-
-    def log_summary(self, show: int = 5) -> str:
-        """What the server wrote to stderr: line count, and the lines that look like errors."""
-        self.log.flush()
-        self.log.seek(0)
-        lines = 0
-        errors: list[str] = []
-        for raw in self.log:
-            lines += 1
-            line = raw.decode(errors="replace").rstrip()
-            if any(mark in line for mark in ERROR_MARKS):
-                errors.append(line[:300])
-        if not lines:
-            return ""
-        size = self.log.tell() / 1e6
-        text = f"{self.name} wrote {lines} lines ({size:.1f} MB) to stderr"
-        if errors:
-            text += f"; {len(errors)} look like errors:\n" + "\n".join(errors[:show])
-        return text
+# -- processes ----------------------------------------------------------------------
 
 
 @contextmanager
-def running_server(name: str, cpu: int | None) -> Iterator[RunningServer]:
+def running_server(name: str, cpu: int | None) -> Iterator[ServerProcess]:
     """Start server *name*; always stop it (SIGTERM, then SIGKILL) on the way out."""
-    # Its stdin is a pipe we never write to: if this process dies, even by SIGKILL,
-    # the pipe closes and the server stops itself.
     cmd = [sys.executable, str(ECHO_SERVERS), name, "--exit-on-stdin-eof"]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
-    with tempfile.TemporaryFile(prefix=f"bench-{name}-") as log:
-        process = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT
-        )
-        try:
-            port = _read_port(process, name)
-            yield RunningServer(name, process, port, log)
-        finally:
-            _stop(process)
-
-
-def _read_port(process: subprocess.Popen[bytes], name: str) -> int:
-    assert process.stdout is not None
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise HarnessError(f"server {name} did not print its port in time")
-            chunk = os.read(process.stdout.fileno(), 64)
-            if not chunk:
-                raise HarnessError(f"server {name} exited before printing its port")
-            line += chunk
+    server = start_server(name, cmd)
     try:
-        return int(line)
-    except ValueError as exc:
-        raise HarnessError(f"server {name} printed {line!r}, not a port") from exc
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for pipe in (process.stdin, process.stdout):
-        if pipe is not None:
-            pipe.close()
+        server.wait_port()
+        yield server
+    finally:
+        server.stop()
 
 
 # -- measuring -------------------------------------------------------------------------
 
 
 def run_loadgen(
-    server: RunningServer, *, clients: int, duration: float, timeout: float, cpu: int | None
+    server: ServerProcess, *, clients: int, duration: float, timeout: float, cpu: int | None
 ) -> dict[str, Any]:
     cmd = [
         str(LOADGEN), "--mode", MODE, "--port", str(server.port), "--clients", str(clients),
@@ -319,7 +199,7 @@ def run_loadgen(
 
 
 def measure(
-    server: RunningServer,
+    server: ServerProcess,
     *,
     clients: int,
     round_: int,
@@ -330,9 +210,9 @@ def measure(
 ) -> Sample:
     server.check_alive()
     busy_before = cpu_busy_seconds(server_cpu) if server_cpu is not None else 0.0
-    before = cpu_seconds(server.process.pid)
+    before = tree_cpu_seconds(server.pid)
     out = run_loadgen(server, clients=clients, duration=duration, timeout=timeout, cpu=loadgen_cpu)
-    after = cpu_seconds(server.process.pid)
+    after = tree_cpu_seconds(server.pid)
     busy_after = cpu_busy_seconds(server_cpu) if server_cpu is not None else 0.0
     server.check_alive()
     other = None
@@ -359,7 +239,7 @@ def measure(
 
 
 def measure_quietly(
-    server: RunningServer,
+    server: ServerProcess,
     args: argparse.Namespace,
     *,
     clients: int,
@@ -376,7 +256,7 @@ def measure_quietly(
         retry = other > args.noise_limit and len(discarded) < args.retries
         print(
             f"  {server.name:<26} clients={clients:<4} round={round_} req/s={sample.rps:9.0f} "
-            f"errors={sample.errors} timeouts={sample.timeouts} other={_percent(other)}"
+            f"errors={sample.errors} timeouts={sample.timeouts} other={percent_text(other)}"
             + (" (noisy: discarded, again)" if retry else ""),
             file=sys.stderr,
             flush=True,
@@ -384,19 +264,6 @@ def measure_quietly(
         if not retry:
             return sample, discarded
         discarded.append(sample)
-
-
-def pick_cpus(server_cpu: int, loadgen_cpu: int) -> tuple[int | None, int | None]:
-    """The CPUs to pin to, or (None, None) when this process may not use both."""
-    allowed = os.sched_getaffinity(0)
-    if server_cpu == loadgen_cpu or not {server_cpu, loadgen_cpu} <= allowed:
-        print(
-            f"warning: CPUs {server_cpu} and {loadgen_cpu} are not both available "
-            f"(allowed: {sorted(allowed)}); running unpinned",
-            file=sys.stderr,
-        )
-        return None, None
-    return server_cpu, loadgen_cpu
 
 
 # -- reporting -------------------------------------------------------------------------
@@ -414,26 +281,18 @@ spread: (max - min) / median req/s; srv CPU, lg CPU: server and load generator C
 as % of one core; other: busy time of the server's CPU not spent by the server"""
 
 
-def _ratio(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.2f}x"
-
-
-def _percent(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value * 100:.0f}%"
-
-
 def table(summaries: Sequence[Summary]) -> str:
     header = "  ".join(
         f"{name:<{w}}" if i == 0 else f"{name:>{w}}" for i, (name, w, _) in enumerate(COLUMNS)
     )
     lines = [header, "-" * len(header)]
     for s in summaries:
-        spread = _percent((s.rps_max - s.rps_min) / s.rps) if s.rps else "-"
+        spread = percent_text((s.rps_max - s.rps_min) / s.rps) if s.rps else "-"
         values: tuple[Any, ...] = (
-            s.server, s.clients, s.rps, _ratio(s.rps_ratio), spread, s.p50_ms, s.p99_ms,
-            s.errors, s.timeouts, s.cpu_us_per_request, _ratio(s.cpu_ratio),
-            _percent(s.server_cpu_share), _percent(s.loadgen_cpu_share),
-            _percent(s.other_cpu_share),
+            s.server, s.clients, s.rps, ratio_text(s.rps_ratio), spread, s.p50_ms, s.p99_ms,
+            s.errors, s.timeouts, s.cpu_us_per_request, ratio_text(s.cpu_ratio),
+            percent_text(s.server_cpu_share), percent_text(s.loadgen_cpu_share),
+            percent_text(s.other_cpu_share),
         )  # fmt: skip
         cells = [
             f"{v:<{w}{fmt}}" if i == 0 else f"{v:>{w}{fmt}}"
@@ -455,7 +314,7 @@ def notes(summaries: Sequence[Summary]) -> list[str]:
             out.append(f"{where}: the load generator used >90% of its CPU; may be the limit")
         if s.other_cpu_share > 0.05:
             out.append(
-                f"{where}: other work took {_percent(s.other_cpu_share)} of the server's CPU"
+                f"{where}: other work took {percent_text(s.other_cpu_share)} of the server's CPU"
             )
         if s.noisy_runs:
             out.append(
@@ -463,31 +322,6 @@ def notes(summaries: Sequence[Summary]) -> list[str]:
                 "--noise-limit on the server's CPU"
             )
     return out
-
-
-def environment() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        revision = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        revision = ""
-    return {
-        "revision": revision,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-    }
 
 
 def _sample_json(sample: Sample) -> dict[str, Any]:

@@ -1,42 +1,67 @@
-"""Line-echo servers for the benchmark: the standard library's and the runtime's.
+"""Line-echo servers for the benchmarks: the standard library's and the runtime's.
 
-``python bench/echo_servers.py NAME [--cpu K] [--exit-on-stdin-eof]`` binds 127.0.0.1:0, prints the
-port on stdout (one line), and serves until SIGTERM or SIGINT.  Every server
-uses the same handler (upper-cases each line) and the same class variables
-(``request_queue_size = 1024`` so the kernel backlog is not the bottleneck,
-``allow_reuse_address = True``); only the server class differs.
+``python bench/echo_servers.py NAME [--cpu K] [--exit-on-stdin-eof] [--access-log PATH]``
+binds 127.0.0.1:0, prints the port on stdout (one line), and serves until
+SIGTERM or SIGINT.  Every server uses the same handler (upper-cases each line)
+and the same class variables (``request_queue_size = 1024`` so the kernel
+backlog is not the bottleneck, ``allow_reuse_address = True``); only the
+server class and its telemetry differ.
 
-Names:
+Baselines (they never import ``runtime``, nor prometheus_client or
+opentelemetry, so their processes pay for nothing they do not use):
 
-- ``stdlib-threading``: ``socketserver.ThreadingTCPServer`` (the baseline)
-- ``runtime-threading``: ``runtime.ThreadingTCPServer`` with ``runtime.Telemetry()``
-  (Prometheus metrics on a fresh registry, no traces)
-- ``runtime-threading-notel``: ``runtime.ThreadingTCPServer`` without telemetry
-- ``runtime-threading-nolog``: as ``runtime-threading``, with ``access_log = False``
-  (no log line per request), to show what the access log costs
-- ``runtime-threading-watchdog``: as ``runtime-threading-nolog``, with the watchdog
-  running (``request_warn_after`` 30 s, ``request_timeout`` 60 s), to show what it costs
+- ``stdlib-threading``: ``socketserver.ThreadingTCPServer`` (a thread per connection)
+- ``stdlib-pool8``: the same with ``process_request`` handing connections to a
+  ``concurrent.futures.ThreadPoolExecutor(8)`` (the usual home-made pool)
+- ``stdlib-forking``: ``socketserver.ForkingTCPServer`` (a child per connection,
+  at most 40 at a time)
 
-The runtime servers otherwise keep their defaults (so, at the time of writing, the
-access log on: one JSON line per request to stderr).
+The runtime (``runtime_settings.py`` has the telemetry configurations):
 
-The stdlib server never imports ``runtime`` (nor prometheus_client), so its
-process pays for nothing it does not use.
+- ``runtime-lean``: ``runtime.ThreadingTCPServer``, metrics, traces sampled at
+  1 % (parent-based), access log off
+- ``runtime-full``: metrics, every request traced into a batch processor with a
+  no-op exporter, a JSON access line per request to a file (``--access-log``,
+  default a temporary file)
+- ``runtime-default``: the same telemetry, and nothing else changed: the access
+  log goes where it goes by default (JSON lines to stderr)
+- ``runtime-forking``: ``runtime.ForkingTCPServer`` (fork mode) with child
+  telemetry: metrics and every request traced, access log off
+- ``runtime-threading``: ``runtime.Telemetry()`` (metrics, no traces), defaults
+  otherwise (so the access log to stderr)
+- ``runtime-threading-notel``: no telemetry
+- ``runtime-threading-nolog``: as ``runtime-threading``, access log off
+- ``runtime-threading-watchdog``: as ``runtime-threading-nolog``, with the
+  watchdog running (``request_warn_after`` 30 s, ``request_timeout`` 60 s)
+
+``http_servers.py`` has the HTTP servers and reuses :func:`serve` from here.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
+import resource
 import signal
 import socketserver
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_QUEUE_SIZE = 1024
+ADDRESS = ("127.0.0.1", 0)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line passes to a server factory."""
+
+    access_log: Path | None = None
 
 
 class UpperHandler(socketserver.StreamRequestHandler):
@@ -47,12 +72,39 @@ class UpperHandler(socketserver.StreamRequestHandler):
             self.wfile.write(line.upper())
 
 
-def _stdlib_threading() -> socketserver.TCPServer:
-    class Server(socketserver.ThreadingTCPServer):
-        request_queue_size = REQUEST_QUEUE_SIZE
-        allow_reuse_address = True
+# -- the standard library's --------------------------------------------------------------
 
-    return Server(("127.0.0.1", 0), UpperHandler)
+
+class StdlibThreading(socketserver.ThreadingTCPServer):
+    request_queue_size = REQUEST_QUEUE_SIZE
+    allow_reuse_address = True
+
+
+class StdlibPool8(StdlibThreading):
+    """``process_request`` submits to a ``ThreadPoolExecutor(8)`` instead of starting a thread.
+
+    Eight connections are served at once; the others wait in the executor's
+    unbounded queue, so long-lived (keep-alive) clients beyond eight starve.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="pool8")
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.pool.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class StdlibForking(socketserver.ForkingTCPServer):
+    request_queue_size = REQUEST_QUEUE_SIZE
+    allow_reuse_address = True
+
+
+# -- the runtime's -----------------------------------------------------------------------
 
 
 def _runtime_threading(
@@ -66,13 +118,9 @@ def _runtime_threading(
         request_queue_size = REQUEST_QUEUE_SIZE
         allow_reuse_address = True
 
-    if not access_log:
-        Server.access_log = False
-
+    Server.access_log = access_log
     # Metrics only: Telemetry() has no tracer provider, so no traces.
-    server = Server(
-        ("127.0.0.1", 0), UpperHandler, telemetry=runtime.Telemetry() if telemetry else None
-    )
+    server = Server(ADDRESS, UpperHandler, telemetry=runtime.Telemetry() if telemetry else None)
     if watchdog:
         from runtime.watchdog import Watchdog
 
@@ -80,26 +128,64 @@ def _runtime_threading(
     return server
 
 
-SERVERS: dict[str, Callable[[], socketserver.TCPServer]] = {
-    "stdlib-threading": _stdlib_threading,
-    "runtime-threading": lambda: _runtime_threading(telemetry=True),
-    "runtime-threading-notel": lambda: _runtime_threading(telemetry=False),
-    "runtime-threading-nolog": lambda: _runtime_threading(telemetry=True, access_log=False),
-    "runtime-threading-watchdog": lambda: _runtime_threading(
+def _runtime(setting: str, options: Options) -> socketserver.TCPServer:
+    """``runtime-lean``, ``runtime-full``, ``runtime-default`` or ``runtime-forking``."""
+    import runtime_settings  # imports runtime, from this checkout
+
+    import runtime
+
+    base: type = runtime.ForkingTCPServer if setting == "forking" else runtime.ThreadingTCPServer
+
+    class Server(base):  # type: ignore[misc]
+        request_queue_size = REQUEST_QUEUE_SIZE
+        allow_reuse_address = True
+        access_log = setting in ("full", "default")
+
+    telemetry = runtime_settings.lean() if setting == "lean" else runtime_settings.everything_on()
+    logger = runtime_settings.json_file_logger(options.access_log) if setting == "full" else None
+    server: socketserver.TCPServer = Server(
+        ADDRESS, UpperHandler, telemetry=telemetry, logger=logger
+    )
+    return server
+
+
+Factory = Callable[[Options], socketserver.TCPServer]
+SERVERS: dict[str, Factory] = {
+    "stdlib-threading": lambda _: StdlibThreading(ADDRESS, UpperHandler),
+    "stdlib-pool8": lambda _: StdlibPool8(ADDRESS, UpperHandler),
+    "stdlib-forking": lambda _: StdlibForking(ADDRESS, UpperHandler),
+    "runtime-lean": lambda o: _runtime("lean", o),
+    "runtime-full": lambda o: _runtime("full", o),
+    "runtime-default": lambda o: _runtime("default", o),
+    "runtime-forking": lambda o: _runtime("forking", o),
+    "runtime-threading": lambda _: _runtime_threading(telemetry=True),
+    "runtime-threading-notel": lambda _: _runtime_threading(telemetry=False),
+    "runtime-threading-nolog": lambda _: _runtime_threading(telemetry=True, access_log=False),
+    "runtime-threading-watchdog": lambda _: _runtime_threading(
         telemetry=True, access_log=False, watchdog=True
     ),
 }
 
 
+# -- serving -----------------------------------------------------------------------------
+
+
 def _stop_on_stdin_eof() -> None:
     """Send ourselves SIGTERM when stdin reaches end-of-file (the parent went away)."""
-    while sys.stdin.buffer.read(4096):
+    # os.read, not sys.stdin: a daemon thread blocked in a buffered read holds the
+    # buffer's lock, and the interpreter aborts when it finds it taken at exit.
+    while os.read(0, 4096):
         pass
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve(name: str, *, parent_watch: bool = False) -> None:
-    """Run server *name* until SIGTERM/SIGINT, then shut it down and close it.
+def watch_parent() -> None:
+    """Stop this process (SIGTERM) when stdin closes: a harness that dies closes it."""
+    threading.Thread(target=_stop_on_stdin_eof, name="parent-watch", daemon=True).start()
+
+
+def serve(factory: Callable[[], socketserver.TCPServer], *, parent_watch: bool = False) -> None:
+    """Run the server *factory* builds until SIGTERM/SIGINT, then shut it down and close it.
 
     With *parent_watch*, end-of-file on stdin also stops it, so a harness that
     is killed (and so closes its end of the pipe) never leaves a server behind.
@@ -110,8 +196,8 @@ def serve(name: str, *, parent_watch: bool = False) -> None:
     # outside the serving thread, which is what socketserver's shutdown() needs.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     if parent_watch:
-        threading.Thread(target=_stop_on_stdin_eof, name="parent-watch", daemon=True).start()
-    server = SERVERS[name]()
+        watch_parent()
+    server = factory()
     try:
         loop = threading.Thread(target=server.serve_forever, name="serve_forever")
         loop.start()
@@ -125,17 +211,35 @@ def serve(name: str, *, parent_watch: bool = False) -> None:
         server.server_close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("name", choices=sorted(SERVERS))
+def prepare_process(cpu: int | None) -> None:
+    """Pin to *cpu* (before any thread exists, so all inherit it) and allow many sockets."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def parse_args(
+    argv: Sequence[str] | None, names: Sequence[str], doc: str | None
+) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("name", choices=sorted(names))
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
     parser.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="stop when stdin closes (harness use)"
     )
-    args = parser.parse_args(argv)
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})  # before any thread exists, so all inherit it
-    serve(args.name, parent_watch=args.exit_on_stdin_eof)
+    parser.add_argument(
+        "--access-log", type=Path, default=None, help="file for runtime-full's access lines"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv, list(SERVERS), __doc__)
+    prepare_process(args.cpu)
+    factory, options = SERVERS[args.name], Options(access_log=args.access_log)
+    serve(lambda: factory(options), parent_watch=args.exit_on_stdin_eof)
     return 0
 
 

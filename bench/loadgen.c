@@ -13,7 +13,13 @@
  * seconds counts as a time-out (its connection is reset and the client moves
  * on).  When --duration is over no new request starts; requests in flight
  * are allowed to finish (bounded by --timeout), so the server never sees
- * connections cut mid-request.  The result is one JSON line on stdout.
+ * connections cut mid-request.  The result is one JSON line on stdout; "rps"
+ * counts the replies received within --duration (the tail is not load).
+ *
+ * Starvation: a client that got fewer than 1/STARVED_DIVISOR of the median
+ * client's replies within --duration (zero included) is counted in
+ * "clients_starved", e.g. the keep-alive clients a fixed pool of 8 threads
+ * never serves (they may get a reply in the tail, once the others leave).
  *
  * Why half-close, then SO_LINGER 0:
  *   The server's handler reads lines until end-of-file.  Resetting a
@@ -60,6 +66,8 @@ static const char REPLY[] = "HELLO WORLD\n";
 #define SCAN_INTERVAL_NS 5000000ULL      /* how often time-outs are checked */
 #define ERROR_BACKOFF_NS 1000000ULL      /* pause after an error: no busy spin */
 #define EXHAUSTED_BACKOFF_NS 10000000ULL /* pause after EADDRNOTAVAIL */
+#define STARVED_DIVISOR 10               /* starved: < median replies / this */
+#define SPARE_FDS 32                     /* beyond one per client: stdio, epoll */
 
 enum state { IDLE, CONNECTING, SENDING, READING, CLOSING, DONE };
 enum mode { MODE_CONNECT, MODE_KEEPALIVE };
@@ -74,6 +82,8 @@ struct client {
     uint32_t events; /* what epoll watches for fd; 0 = not registered */
     char buf[64];
     uint64_t replies;
+    uint64_t window_replies; /* within --duration */
+    uint64_t timeouts;
 };
 
 struct errors {
@@ -93,7 +103,7 @@ static int epfd;
 static struct sockaddr_in target;
 static struct client *cl;
 static struct errors err;
-static uint64_t requests, timeouts, port_exhaustion;
+static uint64_t requests, window_requests, timeouts, port_exhaustion;
 static uint64_t *lat;
 static size_t nlat, caplat;
 static int stopping;
@@ -257,6 +267,10 @@ static void on_readable(struct client *c) {
         }
         record_latency(now_ns() - c->started);
         requests++;
+        if (!stopping) {
+            window_requests++;
+            c->window_replies++;
+        }
         c->replies++;
         if (opt.mode == MODE_CONNECT) drop(c, 1);
         if (stopping) {
@@ -313,6 +327,7 @@ static void scan(uint64_t now) {
         struct client *c = &cl[i];
         if (busy(c) && now - c->started > limit) {
             timeouts++;
+            c->timeouts++;
             drop(c, 1);
             idle(c, 0);
         }
@@ -324,6 +339,31 @@ static void scan(uint64_t now) {
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
+}
+
+/* One descriptor per client, and a few more: raise the soft limit if needed. */
+static void raise_fd_limit(void) {
+    struct rlimit rl;
+    rlim_t need = (rlim_t)opt.clients + SPARE_FDS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) die("getrlimit");
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need) return;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        fprintf(stderr, "loadgen: %d clients need %llu file descriptors, hard limit is %llu\n",
+                opt.clients, (unsigned long long)need, (unsigned long long)rl.rlim_max);
+        exit(2);
+    }
+    rl.rlim_cur = need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0) die("setrlimit");
+}
+
+static uint64_t median_window_replies(void) {
+    uint64_t *r = malloc((size_t)opt.clients * sizeof *r);
+    if (!r) die("malloc");
+    for (int i = 0; i < opt.clients; i++) r[i] = cl[i].window_replies;
+    qsort(r, (size_t)opt.clients, sizeof *r, cmp_u64);
+    uint64_t m = r[opt.clients / 2];
+    free(r);
+    return m;
 }
 
 static double pct_ms(double p) {
@@ -369,6 +409,7 @@ static void parse(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     parse(argc, argv);
+    raise_fd_limit();
     signal(SIGPIPE, SIG_IGN);
     if (opt.cpu >= 0) {
         cpu_set_t set;
@@ -427,7 +468,10 @@ int main(int argc, char **argv) {
     }
     uint64_t end = now_ns();
     for (int i = 0; i < opt.clients; i++) {
-        if (busy(&cl[i])) timeouts++; /* still in flight at the hard stop */
+        if (busy(&cl[i])) { /* still in flight at the hard stop */
+            timeouts++;
+            cl[i].timeouts++;
+        }
         drop(&cl[i], 1);
     }
 
@@ -437,32 +481,43 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru); /* own CPU: tells whether the load generator was the limit */
     double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                  (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-    uint64_t zero = 0, cmin = UINT64_MAX, cmax = 0;
+    uint64_t zero = 0, cmin = UINT64_MAX, cmax = 0, starved = 0, with_timeouts = 0;
+    uint64_t median = median_window_replies();
     for (int i = 0; i < opt.clients; i++) {
-        uint64_t r = cl[i].replies;
+        uint64_t r = cl[i].replies, w = cl[i].window_replies;
         if (r == 0) zero++;
+        if (w == 0 || w * STARVED_DIVISOR < median) starved++;
+        if (cl[i].timeouts) with_timeouts++;
         if (r < cmin) cmin = r;
         if (r > cmax) cmax = r;
     }
     uint64_t errors = err.connect + err.reset + err.eof + err.mismatch + err.other;
     printf("{\"mode\": \"%s\", \"clients\": %d, \"duration\": %.3f, \"seconds\": %.6f, "
-           "\"requests\": %llu, \"rps\": %.1f, \"p50_ms\": %.3f, \"p90_ms\": %.3f, "
+           "\"requests\": %llu, \"window_requests\": %llu, \"rps\": %.1f, "
+           "\"p50_ms\": %.3f, \"p90_ms\": %.3f, "
            "\"p99_ms\": %.3f, \"max_ms\": %.3f, \"errors\": %llu, "
            "\"error_kinds\": {\"connect\": %llu, \"reset\": %llu, \"eof\": %llu, "
            "\"mismatch\": %llu, \"other\": %llu}, \"timeouts\": %llu, "
            "\"port_exhaustion\": %llu, \"clients_with_zero_replies\": %llu, "
-           "\"client_replies_min\": %llu, \"client_replies_max\": %llu, \"cpu_seconds\": %.3f, "
-           "\"per_client\": [",
+           "\"clients_starved\": %llu, \"clients_with_timeouts\": %llu, "
+           "\"client_replies_min\": %llu, \"client_window_replies_median\": %llu, "
+           "\"client_replies_max\": %llu, \"cpu_seconds\": %.3f, \"per_client\": [",
            opt.mode == MODE_CONNECT ? "connect" : "keepalive", opt.clients, opt.duration,
-           seconds, (unsigned long long)requests, seconds > 0 ? (double)requests / seconds : 0.0,
+           seconds, (unsigned long long)requests, (unsigned long long)window_requests,
+           (double)window_requests / opt.duration,
            pct_ms(0.50), pct_ms(0.90), pct_ms(0.99), nlat ? (double)lat[nlat - 1] / 1e6 : 0.0,
            (unsigned long long)errors, (unsigned long long)err.connect,
            (unsigned long long)err.reset, (unsigned long long)err.eof,
            (unsigned long long)err.mismatch, (unsigned long long)err.other,
            (unsigned long long)timeouts, (unsigned long long)port_exhaustion,
-           (unsigned long long)zero, (unsigned long long)cmin, (unsigned long long)cmax, cpu);
+           (unsigned long long)zero, (unsigned long long)starved,
+           (unsigned long long)with_timeouts, (unsigned long long)cmin,
+           (unsigned long long)median, (unsigned long long)cmax, cpu);
     for (int i = 0; i < opt.clients; i++)
         printf("%s%llu", i ? ", " : "", (unsigned long long)cl[i].replies);
+    printf("], \"per_client_timeouts\": [");
+    for (int i = 0; i < opt.clients; i++)
+        printf("%s%llu", i ? ", " : "", (unsigned long long)cl[i].timeouts);
     printf("]}\n");
     free(lat);
     free(cl);

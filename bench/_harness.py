@@ -1,0 +1,97 @@
+"""What the benchmark commands share: paths, the load generator's build, the CPUs
+to pin to, a description of the machine, and how numbers are printed.
+
+Server processes and ``/proc`` accounting are in ``_proc.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LOADGEN_SRC = BENCH / "loadgen.c"
+LOADGEN = BENCH / "build" / "loadgen"
+RESULTS = BENCH / "results"
+
+
+class HarnessError(Exception):
+    """The benchmark itself could not run (build, server start, load generator)."""
+
+
+def build_loadgen() -> Path:
+    """Compile the load generator unless the binary is newer than its source."""
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN
+    LOADGEN.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["gcc", "-O2", "-Wall", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    try:
+        subprocess.run(cmd, check=True, timeout=120, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise HarnessError("gcc not found: it is needed to build bench/loadgen.c") from exc
+    except subprocess.CalledProcessError as exc:
+        raise HarnessError(f"building the load generator failed:\n{exc.stderr}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError("building the load generator timed out") from exc
+    return LOADGEN
+
+
+def pick_cpus(server_cpu: int, loadgen_cpu: int) -> tuple[int | None, int | None]:
+    """The CPUs to pin to, or (None, None) when this process may not use both."""
+    allowed = os.sched_getaffinity(0)
+    if server_cpu == loadgen_cpu or not {server_cpu, loadgen_cpu} <= allowed:
+        print(
+            f"warning: CPUs {server_cpu} and {loadgen_cpu} are not both available "
+            f"(allowed: {sorted(allowed)}); running unpinned",
+            file=sys.stderr,
+        )
+        return None, None
+    return server_cpu, loadgen_cpu
+
+
+def environment() -> dict[str, Any]:
+    """Python, kernel, CPU model and git revision, for the results."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        revision = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        revision = ""
+    return {
+        "revision": revision,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of the values that are numbers (NaN: no data)."""
+    present = [v for v in values if not math.isnan(v)]
+    return statistics.median(present) if present else math.nan
+
+
+def ratio_text(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
+def percent_text(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value * 100:.0f}%"
