@@ -233,10 +233,14 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         server = cls(
             address.address,
             handler,
+            bind_and_activate=not settings.reuse_port,
             telemetry=None if prefork else telemetry,
             logger=logger,
             server_name=label,
         )
+        if settings.reuse_port:  # reserve the port; each worker listens on its own socket
+            server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            server.server_bind()
     except OSError as exc:
         raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None
     admin = None
@@ -304,6 +308,7 @@ def _prefork(
         worker_timeout=settings.worker_timeout,
         max_requests=settings.max_requests,
         max_requests_jitter=settings.max_requests_jitter,
+        reuse_port=settings.reuse_port,
         drain_delay=settings.drain_delay,
         graceful_timeout=settings.graceful_timeout,
         poll_interval=settings.poll_interval,

@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     a("--max-requests", type=int, metavar="N", help="prefork: recycle a worker after N requests")
     a("--max-requests-jitter", type=int, metavar="N", help="prefork: plus up to N, at random")
     a(
+        "--reuse-port",
+        action=argparse.BooleanOptionalAction,
+        help="prefork: a SO_REUSEPORT listener per worker instead of one shared (default off)",
+    )
+    a(
         "--server",
         metavar="MODULE:CLASS",
         help="socketserver server class to instrument, e.g. http.server:HTTPServer",

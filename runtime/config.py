@@ -107,6 +107,7 @@ class Settings:
     worker_timeout: float = 30.0  # a worker without a heartbeat this long is aborted (0: never)
     max_requests: int = 0  # recycle a worker after this many requests (0: never)
     max_requests_jitter: int = 0
+    reuse_port: bool = False  # prefork: a SO_REUSEPORT listener per worker, not one shared
     queue_size: int | None = None  # None: max_children
     overload: str = "wait"
     backlog: int = 128
@@ -138,8 +139,10 @@ class Settings:
         choice("traces", self.traces, TRACES)
         if self.max_children is not None and self.max_children < 1:
             raise ConfigError("--max-children", f"must be at least 1, got {self.max_children}")
-        prefork = {"workers": self.workers is not None, "threads": self.threads != 0,
-                   "max_requests": self.max_requests != 0}  # fmt: skip
+        prefork = {
+            "workers": self.workers is not None, "threads": self.threads != 0,
+            "max_requests": self.max_requests != 0, "reuse_port": self.reuse_port,
+        }  # fmt: skip
         for name, given in prefork.items():
             if given and self.mode != "prefork":
                 raise ConfigError(_flag(name), "applies to --mode prefork only")
@@ -179,7 +182,9 @@ class Settings:
                     _flag(name), f"must be more than 0 seconds, got {getattr(self, name)}"
                 )
         if self.bind is not None:
-            parse_address(self.bind)
+            address = parse_address(self.bind)
+            if self.reuse_port and address.transport not in ("tcp", "udp"):
+                raise ConfigError("--reuse-port", f"needs a tcp or udp address, not {self.bind!r}")
         if self.admin_address is not None and self.admin_address.transport != "tcp":
             raise ConfigError("--admin", f"{self.admin!r}: the admin port is HTTP, use host:port")
         if ":" not in self.handler and not self.handler.isidentifier():

@@ -14,6 +14,9 @@ heartbeats, and acts on signals.
   SIGKILL follows if it still lives a second later), and is replaced.
 - ``max_requests`` (+ up to ``max_requests_jitter``) recycles a worker: it
   says so, its replacement starts at once, it drains and exits.
+- ``reuse_port``: each worker listens on its own SO_REUSEPORT socket (the
+  kernel spreads connections, no thundering herd, but a busy worker's queue
+  waits for it and a leaving worker must serve its own queue first).
 - SIGTTIN / SIGTTOU add / remove a worker (never above ``max_workers``).
 - Each worker imports the handler's modules itself (the supervisor only
   checks they import), so SIGHUP reloads code: it starts a new generation and
@@ -45,6 +48,7 @@ import random
 import selectors
 import shutil
 import signal
+import socket
 import struct
 import tempfile
 from collections import deque
@@ -165,6 +169,7 @@ class Prefork:
         max_requests: int = 0,
         max_requests_jitter: int = 0,
         boot_failure_limit: int = 5,
+        reuse_port: bool = False,
         drain_delay: float = 5.0,
         graceful_timeout: float = 30.0,
         poll_interval: float = 0.5,
@@ -188,6 +193,7 @@ class Prefork:
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
         self.boot_failure_limit = boot_failure_limit
+        self.reuse_port = reuse_port
         self.drain_delay = drain_delay
         self.graceful_timeout = graceful_timeout
         self.poll_interval = poll_interval
@@ -652,6 +658,8 @@ class _WorkerProcess:
             telemetry = pool.make_telemetry(self.slot) if pool.make_telemetry else None
             server.logger = logger
             server.use_telemetry(_SlotTelemetry(telemetry, self))
+            if pool.reuse_port:
+                _listen_own(server)
             # Every worker wakes for each connection (or datagram); the ones that
             # lose the race must find nothing, not block in accept() (or recvfrom).
             server.socket.setblocking(False)
@@ -662,6 +670,7 @@ class _WorkerProcess:
                 request_warn_after=pool.request_warn_after, request_timeout=pool.request_timeout,
             )  # fmt: skip
             rt.slots, rt.slot, rt.supervisor = pool.slots, self.slot, self.supervisor
+            rt.own_queue = pool.reuse_port
             self.runtime = rt
         except Exception as exc:
             logger.exception("worker failed to boot")
@@ -724,9 +733,11 @@ class _WorkerRuntime(Runtime):
     recycled = False
     orphaned = False
 
+    own_queue = False  # SO_REUSEPORT: the queue is this worker's alone; take it
+
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            self.take_backlog = False
+            self.take_backlog = self.own_queue
             signum = signal.SIGTERM
         super()._on_signal(signum)
 
@@ -786,6 +797,19 @@ class _SlotBound:
     def request_finished(self, record: RequestRecord, end: float) -> None:
         self._finished(record, end)
         self._worker.finished(max(0, len(self._records) - 1))
+
+
+def _listen_own(server: Any) -> None:
+    """Replace the inherited socket by this worker's own SO_REUSEPORT listener."""
+    shared = server.socket
+    own = socket.socket(shared.family, shared.type)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    own.bind(server.server_address)
+    if own.type == socket.SOCK_STREAM:
+        own.listen(server.request_queue_size)
+    shared.close()
+    server.socket = own
 
 
 def _use_multiprocess_values(directory: str, name: str) -> None:

@@ -182,15 +182,15 @@ def test_metric_files_are_per_slot_not_per_worker_ever_started(
     rt = prefork(started, "handlers:PidHandler", "--workers", "2", "--max-requests", "3")
     (start,) = [x for x in log_lines("".join(rt.stderr_lines())) if x.get("event") == "prefork"]
     folder = Path(str(start["metrics_dir"]))
-    for _ in range(60):
+    for _ in range(300):
         ask(rt.address)
-    poll(lambda: rt.metric("socketserver_worker_exits_total", cause="max_requests") >= 10,
-         what="ten recycles")  # fmt: skip
+    poll(lambda: rt.metric("socketserver_worker_exits_total", cause="max_requests") >= 95,
+         what="a hundred recycles")  # fmt: skip
     files = sorted(p.name for p in folder.iterdir())
     # Files are named by slot (w0, w1, plus w2/w3 while a replacement overlaps), never by pid.
     slots = {name.rsplit("_", 1)[1] for name in files}
     assert slots <= {"w0.db", "w1.db", "w2.db", "w3.db"}, files
-    assert rt.metric("socketserver_requests_total") == 60
+    assert rt.metric("socketserver_requests_total") == 300
 
 
 def test_ttin_ttou_scale_the_pool(started: list[RuntimeProcess]) -> None:
@@ -368,3 +368,58 @@ def test_udp_prefork(started: list[RuntimeProcess]) -> None:
             assert sock.recvfrom(100)[0] == b"ping %d" % n
     poll(lambda: rt.metric("socketserver_requests_total", transport="udp") == 10,
          what="10 datagrams counted")  # fmt: skip
+
+
+def test_each_worker_exports_its_own_traces(started: list[RuntimeProcess]) -> None:
+    from otlp_receiver import OTLPReceiver
+
+    receiver = OTLPReceiver()
+    try:
+        rt = prefork(started, "handlers:HoldHandler", "--workers", "2",
+                     OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                     OTEL_SERVICE_NAME="prefork-under-test")  # fmt: skip
+        poll(lambda: ready_workers(rt) == 2, what="two workers")
+        held = [hold(rt.address), hold(rt.address)]  # one in each sync worker
+        assert [release(s) for s in held] == [b"done\n", b"done\n"]
+        rt.signal(signal.SIGTERM)
+        code, err = rt.wait()
+        assert code == 0, err
+        spans = [s for s in receiver.spans if s.name == "HoldHandler tcp"]
+    finally:
+        receiver.close()
+    assert len(spans) == 2  # flushed by each worker before it exited
+    instances = {s.resource["service.instance.id"] for s in spans}
+    assert len(instances) == 2  # one per worker process
+    assert {s.resource["service.name"] for s in spans} == {"prefork-under-test"}
+
+
+def test_readiness_needs_the_minimum_workers(started: list[RuntimeProcess]) -> None:
+    rt = prefork(started, "handlers:PidHandler", "--workers", "2", "--min-workers", "2")
+    poll(lambda: ready_workers(rt) == 2, what="two workers")
+    assert rt.ready()
+    rt.signal(signal.SIGTTOU)  # one worker fewer than the minimum
+    poll(lambda: not rt.ready(), what="readiness to fail below the minimum")
+    assert rt.get("/livez")[0] == 200  # alive: the supervisor's loop runs
+    rt.signal(signal.SIGTTIN)
+    poll(rt.ready, what="ready again with two workers")
+
+
+def test_reuse_port_workers_serve_and_drain(started: list[RuntimeProcess]) -> None:
+    rt = prefork(started, "handlers:HoldHandler", "--workers", "2", "--reuse-port")
+    poll(lambda: ready_workers(rt) == 2, what="two workers")
+    # The kernel spreads connections over the workers' own listeners; with six, both
+    # sync workers hold one (all six on one: 1 in 32) and the rest wait in their queues.
+    held = [socket.create_connection(rt.address, timeout=10) for _ in range(6)]
+    for sock in held:
+        sock.sendall(b"hold\n")
+    poll(lambda: rt.metric("socketserver_workers", state="busy") == 2, what="both workers busy")
+    rt.signal(signal.SIGTERM)
+    poll(lambda: not rt.ready(), timeout=2, what="readiness to fail")
+    for sock in held:
+        sock.sendall(b"go\n")
+    # Each worker serves what is in its own queue before it exits: none is reset.
+    for sock in held:
+        with sock:
+            assert sock.makefile("rb").read() == b"ack\ndone\n"
+    code, err = rt.wait()
+    assert code == 0, err
