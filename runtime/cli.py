@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from .app import StartupError, build
-from .config import MODES, OVERLOAD, TRACES, ConfigError, settings_from
+from .config import MODES, OVERLOAD, TRACES, ConfigError, Settings, settings_from
 from .examples import EXAMPLES
 from .telemetry.logging import FORMATS, LEVELS
 
@@ -28,9 +28,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
-def _seconds_or_none(text: str) -> float | str:
+class _Off:
+    """A flag's explicit "none": the setting is off (distinct from "flag not given")."""
+
+
+OFF = _Off()
+
+
+def _seconds_or_none(text: str) -> float | _Off:
     if text.strip().lower() in ("none", "off", ""):
-        return "none"
+        return OFF
     return float(text)
 
 
@@ -153,11 +160,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def parse(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+    """Settings from flags over ``RUNTIME_*`` variables; raises ConfigError."""
     args = _parser().parse_args(argv)
-    overrides = {k: (None if v == "none" else v) for k, v in vars(args).items() if v is not None}
+    overrides = {k: (None if v is OFF else v) for k, v in vars(args).items() if v is not None}
+    return settings_from(environ, overrides)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     try:
-        settings = settings_from(os.environ if environ is None else environ, overrides)
+        settings = parse(argv, os.environ if environ is None else environ)
         app = build(settings)
     except (ConfigError, StartupError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

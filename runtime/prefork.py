@@ -73,8 +73,9 @@ EXIT_GAVE_UP = 3
 
 _SUPERVISOR_SIGNALS = (
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD,
 )  # fmt: skip
+_DIR_PREFIX = "socketserver-runtime-prefork-"
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
 #: Why workers exit (the ``cause`` label of ``worker_exits_total``).
 EXIT_CAUSES = (
@@ -211,7 +212,8 @@ class Prefork:
         self.counts = _Counts()
         self.forced = 0
         self._workers: list[_Worker] = []
-        self._dir = tempfile.mkdtemp(prefix="socketserver-runtime-prefork-")
+        _remove_stale_dirs()
+        self._dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
         self.metrics_dir = os.path.join(self._dir, "metrics")
         self._stacks_dir = os.path.join(self._dir, "stacks")
         os.mkdir(self.metrics_dir)
@@ -283,7 +285,8 @@ class Prefork:
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             self.lifecycle.stop_requested = True  # readiness fails at once
-        self._signals.append(signum)
+        if signum != signal.SIGCHLD:  # SIGCHLD only wakes the loop: a worker exited, reap it
+            self._signals.append(signum)
         try:
             os.write(self._wake_w, b"s")
         except BlockingIOError:
@@ -687,6 +690,7 @@ class _WorkerProcess:
         pool = self.pool
         for signum in (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_IGN)  # the supervisor's to act on
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for signum in (signal.SIGTERM, signal.SIGHUP):  # acted on once the runtime runs
             signal.signal(signum, lambda s, _f: self._early_signal(s))
         pool._selector.close()
@@ -797,6 +801,23 @@ class _SlotBound:
     def request_finished(self, record: RequestRecord, end: float) -> None:
         self._finished(record, end)
         self._worker.finished(max(0, len(self._records) - 1))
+
+
+def _remove_stale_dirs() -> None:
+    """Remove the metric folders of supervisors that died without cleaning up (SIGKILL)."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(_DIR_PREFIX):
+            continue
+        pid_text = name[len(_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _listen_own(server: Any) -> None:

@@ -195,3 +195,12 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
     assert settings_from({**links, "RUNTIME_MAX_CHILDREN": "3"}).max_children == 3
     with pytest.raises(ConfigError):
         settings_from({"RUNTIME_PORTS": "1"})  # a typo is still reported
+
+
+def test_none_is_a_value_for_choices_and_turns_seconds_off() -> None:
+    from runtime.cli import parse
+
+    settings = parse(["--traces", "none", "--request-timeout", "none", "--request-warn-after",
+                      "off"], {"RUNTIME_REQUEST_TIMEOUT": "5"})  # fmt: skip
+    assert settings.traces == "none"
+    assert settings.request_timeout is None and settings.request_warn_after is None

@@ -423,3 +423,14 @@ def test_reuse_port_workers_serve_and_drain(started: list[RuntimeProcess]) -> No
             assert sock.makefile("rb").read() == b"ack\ndone\n"
     code, err = rt.wait()
     assert code == 0, err
+
+
+def test_a_killed_supervisor_s_folder_is_removed_by_the_next(started: list[RuntimeProcess]) -> None:
+    first = prefork(started, "handlers:PidHandler", "--workers", "1")
+    (start,) = [x for x in log_lines("".join(first.stderr_lines())) if x.get("event") == "prefork"]
+    folder = Path(str(start["metrics_dir"])).parent
+    first.proc.kill()  # no cleanup; its worker notices and stops
+    first.proc.wait(10)
+    assert folder.exists()
+    prefork(started, "handlers:PidHandler", "--workers", "1")
+    assert not folder.exists()
