@@ -1,9 +1,11 @@
 """Server processes for the benchmarks, and what ``/proc`` says about them.
 
 A server runs in a session of its own (so its process group holds it, its
-forked children and gunicorn's workers), with a pipe on stdin that it
-watches: when the harness goes away, even by SIGKILL, the pipe closes and the
-server stops itself.  :meth:`ServerProcess.stop` sends SIGTERM, waits, then
+forked children and gunicorn's or the pre-fork pool's workers), with a pipe on
+stdin that it watches: when the harness goes away, even by SIGKILL, the pipe
+closes and the server stops itself (the runtime's pre-fork supervisor, which
+does not read its stdin, gets SIGTERM from the kernel instead: see
+``prefork_servers.py``).  :meth:`ServerProcess.stop` sends SIGTERM, waits, then
 kills what is left of the group, while the server's pid (hence the group id)
 is still ours.
 
@@ -16,6 +18,7 @@ and went during a run is counted.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import selectors
 import signal
@@ -35,6 +38,8 @@ SERVER_START_TIMEOUT = 20.0
 SERVER_STOP_TIMEOUT = 10.0
 #: What looks like an error in a server's stderr.
 ERROR_MARKS = ("Traceback", "Error", '"level": "error"', '"level": "warning"')
+#: A server's first stdout line: its port, or the runtime's ``serving NAME on tcp://HOST:PORT``.
+PORT_LINE = re.compile(rb"(\d+)|serving .* on tcp://\S+:(\d+)")
 #: A server's stderr is cut back to empty past this size (after it was scanned).
 LOG_TRUNCATE_BYTES = 16 << 20
 
@@ -170,6 +175,9 @@ class ServerProcess:
     log_lines: int = 0
     log_bytes: int = 0
     log_errors: list[str] = field(default_factory=list)
+    #: From SIGTERM to the server's exit (or to SIGKILL, at the time-out); forced: killed.
+    stop_seconds: float = 0.0
+    stop_forced: bool = False
     _scanned: int = 0
 
     @property
@@ -177,27 +185,29 @@ class ServerProcess:
         return self.process.pid
 
     def wait_port(self, timeout: float = SERVER_START_TIMEOUT) -> int:
-        """Read the port the server prints on stdout once it listens."""
+        """Read the port the server prints on stdout once it listens: its first line,
+        the port alone or the runtime's ``serving ... on tcp://HOST:PORT``."""
         stdout = self.process.stdout
         assert stdout is not None
         deadline = time.monotonic() + timeout
-        line = b""
+        data = b""
         with selectors.DefaultSelector() as selector:
             selector.register(stdout, selectors.EVENT_READ)
-            while not line.endswith(b"\n"):
+            while b"\n" not in data:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not selector.select(remaining):
                     raise HarnessError(f"server {self.name} did not print its port in time")
-                chunk = os.read(stdout.fileno(), 64)
+                chunk = os.read(stdout.fileno(), 256)
                 if not chunk:
                     raise HarnessError(
                         f"server {self.name} exited before printing its port:\n{self.log_tail()}"
                     )
-                line += chunk
-        try:
-            self.port = int(line)
-        except ValueError as exc:
-            raise HarnessError(f"server {self.name} printed {line!r}, not a port") from exc
+                data += chunk
+        line = data.split(b"\n", 1)[0].strip()
+        found = PORT_LINE.fullmatch(line)
+        if found is None:
+            raise HarnessError(f"server {self.name} printed {line!r}, not a port")
+        self.port = int(found[1] or found[2])
         return self.port
 
     def check_alive(self) -> None:
@@ -246,17 +256,18 @@ class ServerProcess:
         Its stderr is scanned one last time; :meth:`log_summary` still works after."""
         process = self.process
         if process.returncode is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + timeout
+            # os.kill, not send_signal: that polls first, and reaping an exited server
+            # here would free its pid (the group id) before the group is killed below.
+            os.kill(process.pid, signal.SIGTERM)  # not reaped yet: the pid is still ours
+            start = time.monotonic()
             # WNOWAIT: the exited server stays a zombie, so its pid, which is the
             # group id, cannot be reused before the group is killed below.
             while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                if time.monotonic() > deadline:
+                if time.monotonic() - start > timeout:
+                    self.stop_forced = True
                     break
                 time.sleep(0.02)
+            self.stop_seconds = time.monotonic() - start
             try:
                 os.killpg(process.pid, signal.SIGKILL)  # leftovers: children, workers
             except ProcessLookupError:

@@ -1,4 +1,5 @@
-"""The suite's numbers: samples, per-scenario summaries, the table, and issue 4's targets.
+"""The suite's numbers: samples, per-scenario summaries, the table, and the targets
+(issue 4, item 2; issue 5, item 6: the pre-fork pool).
 
 Ratios are paired: for each round, a server's value over its baseline's
 value in the same round, then the median over rounds, so slow drift of the
@@ -24,9 +25,13 @@ BASELINES = {
     "runtime-full": "stdlib-threading",
     "runtime-default": "stdlib-threading",
     "runtime-forking": "stdlib-forking",
+    "runtime-prefork": "stdlib-threading",
+    "runtime-prefork-reuseport": "stdlib-threading",
     "stdlib-http": "gunicorn-sync",
     "stdlib-http-nodelay": "gunicorn-sync",
     "runtime-http": "gunicorn-sync",
+    "runtime-prefork-http": "gunicorn-sync",
+    "runtime-prefork-http-reuseport": "gunicorn-sync",
 }
 TARGET_CLIENTS = 64
 BOUNDED_LOW, BOUNDED_HIGH = 8, 512
@@ -190,16 +195,20 @@ req/s, p50, p99, us/req (server CPU time per good reply): medians over runs;
 errors, t/o (time-outs): summed over runs; starved: clients that got under a tenth
 of the median client's replies, most in a run (keep-alive: the pool never served them)
 x base, CPU x: median over rounds of (this server / its baseline in the same round) for
-req/s and us/req; baseline: stdlib-threading (TCP), stdlib-forking (runtime-forking),
-gunicorn-sync (HTTP).  threads, RSS MiB: peaks of the server's process tree (forked
-children and workers included): the root's RSS plus each descendant's private memory
+req/s and us/req; baseline: stdlib-threading (TCP, runtime-prefork included),
+stdlib-forking (runtime-forking), gunicorn-sync (HTTP).  threads, RSS MiB: peaks of
+the server's process tree (forked children and workers included): the root's RSS plus
+each descendant's private memory
 srv, lg: server and load generator CPU as % of one core; other: busy time of the
 server's CPU not spent by the server"""
 
 
 def table(summaries: Sequence[Summary]) -> str:
+    # The server column fits the longest name (runtime-prefork-http-reuseport).
+    server_width = max([COLUMNS[1][1], *(len(s.server) for s in summaries)])
+    columns = [*COLUMNS[:1], ("server", server_width, "s"), *COLUMNS[2:]]
     header = "  ".join(
-        f"{name:<{w}}" if i < 2 else f"{name:>{w}}" for i, (name, w, _) in enumerate(COLUMNS)
+        f"{name:<{w}}" if i < 2 else f"{name:>{w}}" for i, (name, w, _) in enumerate(columns)
     )
     lines = [header, "-" * len(header)]
     group = None
@@ -216,7 +225,7 @@ def table(summaries: Sequence[Summary]) -> str:
         )  # fmt: skip
         cells = [
             f"{v:<{w}{fmt}}" if i < 2 else f"{v:>{w}{fmt}}"
-            for i, (v, (_, w, fmt)) in enumerate(zip(values, COLUMNS, strict=True))
+            for i, (v, (_, w, fmt)) in enumerate(zip(values, columns, strict=True))
         ]
         lines.append("  ".join(cells))
     return "\n".join([*lines, "", LEGEND])
@@ -256,12 +265,12 @@ def notes(summaries: Sequence[Summary], discarded: Sequence[Sample], noise: floa
 
 @dataclass(frozen=True)
 class Target:
-    """One check of issue 4, item 2: what was measured against what limit."""
+    """One check of issue 4, item 2 or issue 5, item 6: what was measured against what limit."""
 
     label: str
     value: str
     limit: str
-    verdict: str  # PASS, FAIL, or n/a (not measured in this run)
+    verdict: str  # PASS, FAIL, n/a (not measured in this run), or info (no limit)
 
 
 def _check(label: str, value: float, limit: float, *, at_most: bool, unit: str = "x") -> Target:
@@ -291,6 +300,17 @@ RATIO_TARGETS = (
     ("keepalive", "runtime-default", "stdlib-threading", "req/s", 0.95, False),
     ("connect", "runtime-forking", "stdlib-forking", "req/s", 1.0, False),
     ("http", "runtime-http", "gunicorn-sync", "req/s", 2.0, False),
+    ("http", "runtime-prefork-http", "gunicorn-sync", "req/s", 1.5, False),
+)
+#: (scenario, server, baseline, metric) at TARGET_CLIENTS clients: reported, no limit.
+#: SO_REUSEPORT listeners against the shared one, and pre-fork against thread mode.
+INFO_RATIOS = (
+    ("http", "runtime-prefork-http-reuseport", "runtime-prefork-http", "req/s"),
+    ("http", "runtime-prefork-http-reuseport", "runtime-prefork-http", "CPU/request"),
+    ("connect", "runtime-prefork-reuseport", "runtime-prefork", "req/s"),
+    ("keepalive", "runtime-prefork-reuseport", "runtime-prefork", "req/s"),
+    ("connect", "runtime-prefork", "runtime-lean", "req/s"),
+    ("connect", "runtime-prefork", "runtime-lean", "CPU/request"),
 )
 
 
@@ -308,8 +328,18 @@ def _max_children() -> dict[str, int]:
     }
 
 
+def _ratio(samples: Sequence[Sample], scenario: str, server: str, base: str, metric: str) -> float:
+    """The paired ratio at TARGET_CLIENTS, NaN when either was not measured."""
+    mine = select(samples, scenario, TARGET_CLIENTS, server)
+    theirs = select(samples, scenario, TARGET_CLIENTS, base)
+    return paired(mine, theirs, METRICS[metric]) if mine and theirs else math.nan
+
+
 def evaluate_targets(
-    summaries: Sequence[Summary], samples: Sequence[Sample], render: dict[str, Any] | None
+    summaries: Sequence[Summary],
+    samples: Sequence[Sample],
+    render: dict[str, Any] | None,
+    skipped: dict[str, str] | None = None,
 ) -> list[Target]:
     def summary(scenario: str, server: str, clients: int) -> Summary | None:
         for s in summaries:
@@ -320,9 +350,7 @@ def evaluate_targets(
     out = []
     n = TARGET_CLIENTS
     for scenario, server, base, metric, limit, at_most in RATIO_TARGETS:
-        mine = select(samples, scenario, n, server)
-        theirs = select(samples, scenario, n, base)
-        value = paired(mine, theirs, METRICS[metric]) if mine and theirs else math.nan
+        value = _ratio(samples, scenario, server, base, metric)
         label = f"{scenario} {n}: {server} {metric} / {base}"
         out.append(_check(label, value, limit, at_most=at_most))
     keep = summary("keepalive", "runtime-default", n)
@@ -341,6 +369,14 @@ def evaluate_targets(
         label = f"connect {BOUNDED_HIGH}: {server} peak MiB over {BOUNDED_LOW} clients"
         out.append(_check(label, grown, MEMORY_SLACK_MIB, at_most=True, unit="MiB"))
     out.append(_render_target(render))
+    for scenario, server, base, metric in INFO_RATIOS:
+        value = _ratio(samples, scenario, server, base, metric)
+        label = f"{scenario} {n}: {server} {metric} / {base}"
+        if math.isnan(value):
+            why = "skipped" if {server, base} & set(skipped or ()) else "not measured"
+            out.append(Target(label, "-", f"({why})", "n/a"))
+        else:
+            out.append(Target(label, f"{value:.2f}x", "(no target)", "info"))
     return out
 
 
@@ -360,7 +396,7 @@ def targets_text(targets: Sequence[Target], render: dict[str, Any] | None) -> st
     width = max(len(t.label) for t in targets)
     value_width = max(8, *(len(t.value) for t in targets))
     limit_width = max(len(t.limit) for t in targets)
-    title = "targets (issue 4, item 2)"
+    title = "targets (issue 4, item 2; issue 5, item 6)"
     head = f"{title:<{width}}  {'measured':>{value_width}}  {'limit':<{limit_width}}  verdict"
     lines = [head, "-" * len(head)]
     for t in targets:

@@ -1,4 +1,4 @@
-"""Issue 4's benchmark in one command: the standard library, gunicorn and the runtime.
+"""Issues 4 and 5's benchmark in one command: the standard library, gunicorn and the runtime.
 
     .venv/bin/python bench/suite.py [--duration 10] [--runs 3] [--clients 8,64,512]
                                     [--scenarios connect,keepalive,http] [--smoke]
@@ -12,6 +12,11 @@ Scenarios (``--scenarios``):
 - ``http``: wrk (``-t1 -c64 --latency``, every reply checked by ``wrk_check.lua``)
   against the HTTP hello servers of ``http_servers.py``, gunicorn included.
 
+The runtime's pre-fork pool (``prefork_servers.py``: ``python -m runtime
+--mode prefork --workers 2``) takes part in all three, on a shared listening
+socket and on SO_REUSEPORT sockets (skipped, with a note, when the runtime's
+command line has no ``--reuse-port``).
+
 Every server is started once, pinned to ``--server-cpu``; the load generator
 and this process run on ``--loadgen-cpu``.  For each scenario and client count
 the servers get ``--runs`` runs in interleaved rounds (the first server
@@ -21,8 +26,9 @@ process tree (forked children and gunicorn workers included) is sampled for
 threads and memory; its CPU time comes from ``/proc`` before and after.
 After the runs, ``metrics_render.py`` times ``/metrics`` rendering.
 
-The table goes to stdout with a targets section (issue 4, item 2: PASS or
-FAIL with the measured ratio), progress to stderr, and everything to
+The table goes to stdout with a targets section (issue 4, item 2, and issue 5,
+item 6: PASS or FAIL with the measured ratio; informational ratios without a
+limit), progress to stderr, and everything to
 ``bench/results/suite-<time>.json``.  Exit status: 0; 1 if a scenario got no
 good reply; 2 if the harness broke; 130 if interrupted.  A benchmark, not a
 test: a FAIL does not change the exit status.
@@ -47,6 +53,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import prefork_servers
 from _harness import (
     BENCH,
     LOADGEN,
@@ -95,9 +102,13 @@ SPECS = (
     ServerSpec("runtime-full", "echo_servers.py", ("connect",)),
     ServerSpec("runtime-default", "echo_servers.py", ("keepalive",)),
     ServerSpec("runtime-forking", "echo_servers.py", ("connect",)),
+    ServerSpec("runtime-prefork", "prefork_servers.py", ("connect", "keepalive")),
+    ServerSpec("runtime-prefork-reuseport", "prefork_servers.py", ("connect", "keepalive")),
     ServerSpec("stdlib-http", "http_servers.py", ("http",)),
     ServerSpec("stdlib-http-nodelay", "http_servers.py", ("http",)),
     ServerSpec("runtime-http", "http_servers.py", ("http",)),
+    ServerSpec("runtime-prefork-http", "prefork_servers.py", ("http",)),
+    ServerSpec("runtime-prefork-http-reuseport", "prefork_servers.py", ("http",)),
     ServerSpec("gunicorn-sync", "http_servers.py", ("http",)),
 )
 BY_NAME = {spec.name: spec for spec in SPECS}
@@ -105,6 +116,8 @@ SMOKE_CLIENTS = {"connect": [8, 64, 512], "keepalive": [64]}
 #: A server is quiet when its tree used at most QUIET_CPU seconds in QUIET_WINDOW.
 QUIET_WINDOW, QUIET_CPU = 0.25, 0.01
 SETTLE_LIMIT = 30.0
+#: A note says when a server took longer than this to stop after SIGTERM.
+SLOW_STOP = 2.0
 
 
 class Interrupted(Exception):
@@ -295,7 +308,7 @@ def measure_quietly(
         other = sample.share(sample.other_cpu_seconds)
         retry = other > args.noise_limit and len(discarded) < args.retries
         print(
-            f"  {scenario:<9} {server.name:<19} clients={clients:<4} round={round_} "
+            f"  {scenario:<9} {server.name:<30} clients={clients:<4} round={round_} "
             f"req/s={sample.rps:9.0f} errors={sample.errors} timeouts={sample.timeouts}"
             + (f" starved={sample.starved}" if sample.starved is not None else "")
             + f" other={percent_text(other)}"
@@ -370,7 +383,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure every scenario; return samples, discarded samples, summaries, render."""
+    """Measure every scenario; return samples, discarded samples, summaries, render, logs."""
     build_loadgen()
     server_cpu, loadgen_cpu = pick_cpus(args.server_cpu, args.loadgen_cpu)
     if loadgen_cpu is not None:
@@ -408,6 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "summaries": summarize(samples, groups, args.noise_limit),
         "render": render,
         "logs": logs,
+        "shutdown": {name: (s.stop_seconds, s.stop_forced) for name, s in servers.items()},
     }
 
 
@@ -461,6 +475,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--runs >= 1, --duration > 0, a client count and a scenario are required")
     if "http" in args.scenario_names and shutil.which("wrk") is None:
         parser.error("the http scenario needs wrk (Debian: apt-get install wrk)")
+    # Servers this runtime cannot run (no --reuse-port yet): left out, with a note.
+    args.skipped = prefork_servers.unavailable(args.server_names)
+    args.server_names = [n for n in args.server_names if n not in args.skipped]
     return args
 
 
@@ -477,6 +494,11 @@ def write_results(args: argparse.Namespace, env: dict[str, Any], result: dict[st
         "targets": [asdict(t) for t in result["targets"]],
         "render": result["render"],
         "server_logs": result["logs"],
+        "server_shutdown": {
+            name: {"seconds": seconds, "killed": forced}
+            for name, (seconds, forced) in result["shutdown"].items()
+        },
+        "skipped_servers": args.skipped,
         "samples": [s.as_json() for s in result["samples"]],
         "discarded_noisy_samples": [s.as_json() for s in result["discarded"]],
     }
@@ -497,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load generator on CPU {args.loadgen_cpu}"
     )
     print(setting, file=sys.stderr)
+    for name, why in args.skipped.items():
+        print(f"skipping {name}: {why}", file=sys.stderr)
     try:
         result = run(args)
     except HarnessError as exc:
@@ -506,7 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted ({exc or 'SIGINT'}); servers stopped", file=sys.stderr)
         return 130
     summaries: list[Summary] = result["summaries"]
-    result["targets"] = evaluate_targets(summaries, result["samples"], result["render"])
+    result["targets"] = evaluate_targets(
+        summaries, result["samples"], result["render"], args.skipped
+    )
     env = environment()
     print(
         f"\npython {env['python']}, kernel {env['kernel']}, {env['cpu_model']} x{env['cpus']}, "
@@ -518,6 +544,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(targets_text(result["targets"], result["render"]))
     for note in notes(summaries, result["discarded"], args.noise_limit):
         print(f"note: {note}")
+    for name, why in args.skipped.items():
+        print(f"note: {name} skipped: {why}")
+    for name, (seconds, forced) in result["shutdown"].items():
+        if forced:
+            print(f"note: {name} did not stop within {seconds:.0f} s of SIGTERM: killed")
+        elif seconds > SLOW_STOP:
+            print(f"note: {name} took {seconds:.1f} s to stop after SIGTERM")
     path = write_results(args, env, result)
     print(f"results: {path}")
     empty = [s for s in summaries if s.min_requests == 0]
