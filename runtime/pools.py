@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import selectors
 import signal
 import socket
 import socketserver
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from time import monotonic, perf_counter
 from types import MappingProxyType
@@ -45,7 +45,12 @@ class WorkerPool:
     after ``idle_timeout`` seconds without work, so a quiet server holds few.
     ``submit`` never starts a thread past the ceiling: when every worker is
     busy and the queue is full it waits (backpressure) or returns False.
-    Thread safety lives here, in one lock.
+
+    Items travel through a C ``queue.SimpleQueue`` (the hand-off costs one
+    put and one get, as in ``concurrent.futures``); one plain lock guards the
+    counts that decide where an item goes (an idle worker, a new thread, the
+    queue, or nowhere), and a condition on it is used only when the pool is
+    full and ``submit`` waits.
     """
 
     def __init__(
@@ -69,11 +74,12 @@ class WorkerPool:
         self._daemon = daemon
         self._name = name
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
         self._space = threading.Condition(self._lock)
-        self._items: deque[Item] = deque()
+        self._waiting = 0  # submitters blocked on _space
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()  # None: stop
+        self._queued = 0  # items put and not yet taken
         self._threads: set[threading.Thread] = set()
-        self._idle = 0
+        self._idle = 0  # workers waiting for an item
         self._closing = False
         self._started = 0
 
@@ -84,15 +90,15 @@ class WorkerPool:
 
     @property
     def idle(self) -> int:
-        return self._idle
+        return max(0, self._idle - self._queued)
 
     @property
     def busy(self) -> int:
-        return max(0, len(self._threads) - self._idle)
+        return max(0, len(self._threads) - self.idle)
 
     @property
     def queue_depth(self) -> int:
-        return len(self._items)
+        return max(0, self._queued - self._idle)
 
     def submit(
         self, item: Item, *, block: bool = True, on_wait: Callable[[], None] | None = None
@@ -106,19 +112,24 @@ class WorkerPool:
             while True:
                 if self._closing:
                     raise RuntimeError("worker pool is shut down")
-                if self._idle > len(self._items):
-                    self._items.append(item)
-                    self._work.notify()
+                if self._idle > self._queued or (
+                    self._queued - self._idle < self.queue_size
+                    and len(self._threads) >= self.max_workers
+                ):
+                    self._queued += 1  # an idle worker takes it, or it waits its turn
+                    self._queue.put(item)
                     return True
                 if len(self._threads) < self.max_workers:
                     self._start(item)
                     return True
-                if len(self._items) < self.queue_size:
-                    self._items.append(item)
-                    return True
                 if not block:
                     return False
-                if not self._space.wait(1.0) and on_wait is not None:
+                self._waiting += 1
+                try:
+                    notified = self._space.wait(1.0)
+                finally:
+                    self._waiting -= 1
+                if not notified and on_wait is not None:
                     self._lock.release()
                     try:
                         on_wait()
@@ -129,11 +140,15 @@ class WorkerPool:
         """Wait up to *timeout* until an item handed over now would start at once."""
         deadline = monotonic() + timeout
         with self._lock:
-            while not (self._idle > len(self._items) or len(self._threads) < self.max_workers):
+            while not (self._idle > self._queued or len(self._threads) < self.max_workers):
                 remaining = deadline - monotonic()
                 if remaining <= 0 or self._closing:
                     return False
-                self._space.wait(remaining)
+                self._waiting += 1
+                try:
+                    self._space.wait(remaining)
+                finally:
+                    self._waiting -= 1
             return True
 
     def _start(self, item: Item) -> None:
@@ -148,36 +163,50 @@ class WorkerPool:
         thread.start()
 
     def _worker(self, item: Item | None) -> None:
-        run = self._run
+        run, get, lock = self._run, self._queue.get, self._lock
         while True:
             if item is not None:
                 try:
                     run(*item)
                 except BaseException:  # noqa: BLE001 - a worker must survive its work (already handled)
                     pass
-                item = None
-            with self._lock:
+            with lock:
                 self._idle += 1
-                self._space.notify()  # a submitter waiting for room can hand over now
-                while not self._items and not self._closing:
-                    if not self._work.wait(self.idle_timeout) and not self._items:
-                        break
-                self._idle -= 1
-                if not self._items:
-                    # Retire: idle too long, or shutting down with nothing left.
+                if self._waiting:
+                    self._space.notify()  # a submitter waiting for room can hand over now
+            try:
+                item = get(timeout=self.idle_timeout)
+            except queue.Empty:
+                with lock:
+                    if self._queued >= self._idle:
+                        # An item was handed over counting on this worker: take it.
+                        self._idle -= 1
+                        item = None
+                        continue
+                    self._idle -= 1  # idle too long: retire
                     self._threads.discard(threading.current_thread())
-                    self._space.notify()
+                    if self._waiting:
+                        self._space.notify()
                     return
-                item = self._items.popleft()
-                self._space.notify()
+            with lock:
+                self._idle -= 1
+                if item is None:  # shutting down, every item before it done
+                    self._threads.discard(threading.current_thread())
+                    if self._waiting:
+                        self._space.notify_all()
+                    return
+                self._queued -= 1
+                if self._waiting:
+                    self._space.notify()
 
     def shutdown(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Let workers finish every queued item, then stop them."""
         with self._lock:
             self._closing = True
-            self._work.notify_all()
             self._space.notify_all()
             threads = list(self._threads)
+            for _ in threads:
+                self._queue.put(None)  # after every item: FIFO
         if wait:
             for thread in threads:
                 thread.join(timeout)

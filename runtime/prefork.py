@@ -258,10 +258,9 @@ class Prefork:
         return rows
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        from prometheus_client.exposition import choose_encoder
+        from .telemetry.exposition import render
 
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        return render(self.registry, accept)
 
     def _registry(self) -> Any:
         from prometheus_client import CollectorRegistry

@@ -60,6 +60,7 @@ from ._request import (
     timed_hook,
 )
 from .telemetry.api import NULL, RequestRecord, ServerTelemetry, current_request
+from .telemetry.logging import AccessWriter, access_writer
 
 if TYPE_CHECKING:
     import structlog.typing
@@ -154,6 +155,7 @@ class InstrumentedMixIn:
             from .telemetry.logging import default_logger
 
             logger = default_logger()
+        self._rt_access_writer: AccessWriter | None = None
         self.logger = logger
         super().__init__(*args, **kwargs)
         if self.server_label is None:
@@ -169,6 +171,16 @@ class InstrumentedMixIn:
     def transport(self) -> str:
         """``tcp``, ``udp`` or ``unix``: the ``transport`` label."""
         return _transport(self.address_family, self.socket_type)
+
+    @property
+    def logger(self) -> structlog.typing.FilteringBoundLogger:
+        """The server's structlog logger (lifecycle, errors, access lines)."""
+        return self._rt_logger
+
+    @logger.setter
+    def logger(self, logger: structlog.typing.FilteringBoundLogger) -> None:
+        self._rt_logger = logger
+        self._rt_access_writer = access_writer(logger)
 
     def use_telemetry(self, telemetry: TelemetryFactory | None) -> None:
         """Bind this server to *telemetry* (None: no telemetry)."""
@@ -501,29 +513,37 @@ class InstrumentedMixIn:
                 self._rt_idle.notify_all()
 
     def _rt_log_access(self, record: RequestRecord, end: float) -> None:
+        writer = self._rt_access_writer
+        if writer is not None:  # our JSON logger: the same line, rendered directly
+            writer(self._rt_access_fields(record, end), record.span)
+            return
         token = self._rt_tel.activate(record) if record.span is not None else None
         try:
-            extra: dict[str, Any] = dict(record.fields) if record.fields else {}
-            if record.io is not None:
-                extra["bytes_in"] = record.io[0]
-                if record.io[1] is not None:
-                    extra["bytes_out"] = record.io[1]
-            if record.rejected:
-                extra["reason"] = record.rejected
-            elif record.error_type:
-                extra["error_type"] = record.error_type
-                extra["hook"] = record.error_hook
-            self.logger.info(
-                "request",
-                server=self.server_label,
-                client=format_address(record.client_address),
-                outcome=record.outcome,
-                duration_s=round(end - record.perf, 6),
-                **extra,
-            )
+            self.logger.info("request", **self._rt_access_fields(record, end))
         finally:
             if token is not None:
                 self._rt_tel.deactivate(token)
+
+    def _rt_access_fields(self, record: RequestRecord, end: float) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "server": self.server_label,
+            "client": format_address(record.client_address),
+            "outcome": record.outcome,
+            "duration_s": round(end - record.perf, 6),
+        }
+        if record.io is not None:
+            fields["bytes_in"] = record.io[0]
+            if record.io[1] is not None:
+                fields["bytes_out"] = record.io[1]
+        if record.rejected:
+            fields["reason"] = record.rejected
+        elif record.error_type:
+            fields["error_type"] = record.error_type
+            fields["hook"] = record.error_hook
+        if record.fields:
+            for key, value in record.fields.items():
+                fields.setdefault(key, value)
+        return fields
 
     # -- graceful drain steps (driven by lifecycle.Runtime) ----------------------
 

@@ -156,3 +156,30 @@ def test_access_line_bytes_while_the_client_is_still_connected() -> None:
         rt.close()
     (access,) = [line for line in _json_lines(err) if line["event"] == "request"]
     assert (access["bytes_in"], access["bytes_out"]) == (8, 9)
+
+
+def test_access_lines_written_directly_match_the_logger_s_own() -> None:
+    """The access-line fast path renders exactly what the structlog chain would."""
+    import io
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from runtime.telemetry.logging import access_writer, make_logger
+
+    stream = io.StringIO()
+    logger = make_logger(fmt="json", stream=stream).bind(worker=3)
+    writer = access_writer(logger)
+    assert writer is not None
+    assert access_writer(make_logger(fmt="console", stream=io.StringIO())) is None
+    fields = {"server": "s", "client": "127.0.0.1:1", "outcome": "ok", "duration_s": 0.5,
+              "bytes_in": 1, "user": object()}  # fmt: skip
+    span = TracerProvider().get_tracer("t").start_span("x")
+    writer(dict(fields), span)
+    from opentelemetry import trace
+
+    with trace.use_span(span):
+        logger.info("request", **fields)
+    fast, slow = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(fast) == list(slow)  # same keys, same order
+    fast.pop("timestamp"), slow.pop("timestamp")
+    assert fast == slow and fast["worker"] == 3 and len(fast["trace_id"]) == 32

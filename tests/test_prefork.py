@@ -200,7 +200,11 @@ def test_ttin_ttou_scale_the_pool(started: list[RuntimeProcess]) -> None:
     poll(lambda: ready_workers(rt) == 3, what="three workers")
     rt.signal(signal.SIGTTIN)  # max_children 3: stays at 3
     rt.signal(signal.SIGTTOU)
-    poll(lambda: ready_workers(rt) == 2, what="back to two")
+    try:
+        poll(lambda: ready_workers(rt) == 2, what="back to two")
+    except AssertionError:  # say what the supervisor did
+        events = [x for x in log_lines("".join(rt.stderr_lines())) if "worker" in str(x)]
+        raise AssertionError(f"not back to two: {events}") from None
     assert rt.metric("socketserver_worker_exits_total", cause="scale_down") == 1
     assert rt.metric("socketserver_worker_starts_total") == 3
 

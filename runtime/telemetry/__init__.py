@@ -74,10 +74,9 @@ class Telemetry:
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The registry as Prometheus text, or OpenMetrics when *accept* asks for it."""
-        from prometheus_client.exposition import choose_encoder
+        from .exposition import render
 
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        return render(self.registry, accept)
 
     def flush(self, timeout: float) -> None:
         if self.tracing is not None:

@@ -8,9 +8,14 @@ logging setup.  Lines written while a request's span is current carry
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
-from typing import IO, Any, cast
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import IO, Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
@@ -19,6 +24,8 @@ from .api import current_request
 
 __all__ = [
     "FORMATS",
+    "AccessWriter",
+    "access_writer",
     "LEVELS",
     "add_request_fields",
     "add_trace_context",
@@ -87,6 +94,63 @@ def _processors(fmt: str) -> tuple[list[Processor], Processor]:
     return chain, structlog.dev.ConsoleRenderer(colors=False)
 
 
+class _LineLogger(structlog.WriteLogger):
+    """structlog's WriteLogger (one write per line), remembering its stream and format."""
+
+    def __init__(self, file: IO[str], fmt: str) -> None:
+        super().__init__(cast(TextIO, file))
+        self.stream = file
+        self.fmt = fmt
+
+
+#: Writes one access line: (fields in order, the request's span or None).
+AccessWriter = Callable[[dict[str, Any], Any], None]
+
+
+def access_writer(logger: Any) -> AccessWriter | None:
+    """A direct writer of access lines for a JSON logger made by :func:`make_logger`.
+
+    The line is the one the logger would write (its bound context, the fields,
+    ``event``, ``level``, ``timestamp``, then ``trace_id``/``span_id`` of the
+    request's span), rendered without structlog's processor chain and written
+    with one ``os.write`` when the stream has a file descriptor (no lock: a
+    line up to PIPE_BUF is atomic).  None for any other logger, which then
+    gets the access line the usual way.
+    """
+    inner = getattr(logger, "_logger", None)
+    if not isinstance(inner, _LineLogger) or inner.fmt != "json":
+        return None
+    context = dict(structlog.get_context(logger))
+    encode = json.JSONEncoder(default=repr).encode
+    stream = inner.stream
+    lock = threading.Lock()
+
+    def emit(fields: dict[str, Any], span: Any) -> None:
+        event = {**context, **fields} if context else fields
+        event["event"] = "request"
+        event["level"] = "info"
+        event["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        if span is not None:
+            ctx = span.get_span_context()
+            if ctx.is_valid:
+                event["trace_id"] = format(ctx.trace_id, "032x")
+                event["span_id"] = format(ctx.span_id, "016x")
+        line = encode(event) + "\n"
+        target = sys.stderr if isinstance(stream, _Stderr) else stream
+        try:
+            fd = target.fileno()
+        except (AttributeError, OSError, ValueError):
+            with lock:
+                target.write(line)
+                target.flush()
+            return
+        data = line.encode()
+        while data:  # a short write only happens for huge lines or full disks
+            data = data[os.write(fd, data) :]
+
+    return emit
+
+
 def make_logger(
     *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
 ) -> FilteringBoundLogger:
@@ -101,7 +165,7 @@ def make_logger(
     # PYTHONUNBUFFERED, common in containers, the pre-fork workers' lines
     # would interleave on the shared stderr.  Lines up to PIPE_BUF stay whole.
     logger: Any = structlog.wrap_logger(
-        structlog.WriteLogger(stream),  # type: ignore[arg-type]
+        _LineLogger(stream, fmt),
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
     )

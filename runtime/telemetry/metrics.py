@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from .api import RequestRecord
+from .histogram import FastHistogram
 
 __all__ = ["HOOKS", "LATENCY_BUCKETS", "Metrics", "ServerMetrics"]
 
@@ -65,15 +66,18 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.prefix = prefix
         reg, p, b = self.registry, prefix, tuple(buckets)
+        # Per-thread histograms (no lock per observation); pre-fork workers need
+        # prometheus-client's, whose values live in the multiprocess files.
+        histogram: Any = Histogram if worker else FastHistogram
         self.requests = Counter(
             p + "requests", "Requests taken, by outcome.", (*_LABELS, "outcome"), registry=reg
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             p + "request_duration_seconds",
             "Time from taking a request to its shutdown_request, by outcome.",
             (*_LABELS, "outcome"), buckets=b, registry=reg,
         )  # fmt: skip
-        self.hook_duration = Histogram(
+        self.hook_duration = histogram(
             p + "hook_duration_seconds", "Time spent in each socketserver hook.",
             (*_LABELS, "hook"), buckets=b, registry=reg,
         )  # fmt: skip
@@ -85,7 +89,7 @@ class Metrics:
             p + "errors", "Exceptions by hook and exception class (or signal of a child).",
             (*_LABELS, "hook", "error_type"), registry=reg,
         )  # fmt: skip
-        self.queue_wait = Histogram(
+        self.queue_wait = histogram(
             p + "queue_wait_seconds",
             "Time a request waited for a worker thread or a child slot.",
             _LABELS, buckets=b, registry=reg,
