@@ -96,6 +96,7 @@ def serve(row: str) -> None:
     print(server.server_address[1], flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdin.read()  # until the parent closes our stdin
+    os._exit(0)  # idle pool threads (not daemons) would hold the exit for 30 s
 
 
 def _cpu(pid: int) -> float:
@@ -154,6 +155,21 @@ def micro() -> list[tuple[str, float]]:
         def attach() -> None:
             context.detach(context.attach(trace.set_span_in_context(span)))
 
+        import runtime_settings
+
+        traced = runtime_settings.tracer_provider(1.0).get_tracer("b")
+        attributes: dict[str, str | int] = {
+            "network.transport": "tcp", "network.peer.address": "127.0.0.1",
+            "network.peer.port": 40000, "server.port": 9000,
+        }  # fmt: skip
+
+        def traced_request(events: int) -> None:
+            s = traced.start_span("echo tcp", kind=trace.SpanKind.SERVER)
+            s.set_attributes(attributes)
+            for _ in range(events):
+                s.add_event("handle", {"duration_s": 0.0001})
+            s.end()
+
         ops = [
             ("prometheus-client Histogram.observe", lambda: theirs.observe(0.0003)),
             ("  the same with an exemplar", lambda: theirs.observe(0.0003, ex)),
@@ -161,6 +177,8 @@ def micro() -> list[tuple[str, float]]:
             ("  the same with an exemplar", lambda: ours.observe(0.0003, ex)),
             ("start_span, not sampled (1%)", lambda: tracer.start_span("s")),
             ("make a span current and back", attach),
+            ("traced request's span, 8 hook events", lambda: traced_request(8)),
+            ("  the same without events", lambda: traced_request(0)),
             ("access line through structlog", lambda: logger.info("request", **fields)),
             ("access line, direct (runtime)", lambda: writer(dict(fields), None)),
         ]
