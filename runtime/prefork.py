@@ -40,16 +40,11 @@ flight and pool state; the supervisor turns it into the core's gauges.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import json
-import mmap
 import os
-import random
 import selectors
 import shutil
 import signal
-import socket
-import struct
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -59,15 +54,11 @@ from typing import Any
 
 import structlog
 
-from .lifecycle import Lifecycle, Runtime, State, capture_signals
-from .telemetry.api import NULL, RequestRecord, ServerTelemetry
+from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess
+from .lifecycle import Lifecycle, State, capture_signals
 
 __all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork"]
 
-#: A worker's exit status after recycling itself (max_requests).
-EXIT_RECYCLED = 3
-#: A worker's exit status when it could not boot (handler import, telemetry...).
-EXIT_BOOT_FAILED = 4
 #: The supervisor's exit status when workers keep failing to boot.
 EXIT_GAVE_UP = 3
 
@@ -85,44 +76,6 @@ EXIT_CAUSES = (
 _MIN_UPTIME = 1.0
 #: Between SIGABRT (stack dump) and SIGKILL of a hung worker.
 _ABORT_GRACE = 1.0
-
-
-class Slots:
-    """Shared memory table, one row per worker slot: heartbeat and pool state.
-
-    Written by the worker (plain stores, no lock: a torn read costs one scrape
-    a stale number), read by the supervisor.
-    """
-
-    _ROW = struct.Struct("<dqqqqqqq")
-    FIELDS = ("heartbeat", "pid", "in_flight", "busy", "idle", "max", "queue", "handled")
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._map = mmap.mmap(-1, max(1, count) * self._ROW.size)  # MAP_SHARED: seen after fork
-
-    def reset(self, slot: int, pid: int) -> None:
-        self._ROW.pack_into(self._map, slot * self._ROW.size, monotonic(), pid, 0, 0, 0, 0, 0, 0)
-
-    def beat(self, slot: int) -> None:
-        struct.pack_into("<d", self._map, slot * self._ROW.size, monotonic())
-
-    def set_pool(self, slot: int, stats: dict[str, float]) -> None:
-        struct.pack_into(
-            "<qqqqq", self._map, slot * self._ROW.size + 16,
-            int(stats.get("in_flight", 0)), int(stats.get("workers_busy", 0)),
-            int(stats.get("workers_idle", 0)), int(stats.get("workers_max", 0)),
-            int(stats.get("queue_depth", 0)),
-        )  # fmt: skip
-
-    def set_requests(self, slot: int, in_flight: int, handled: int) -> None:
-        offset = slot * self._ROW.size
-        struct.pack_into("<q", self._map, offset + 16, in_flight)
-        struct.pack_into("<q", self._map, offset + 56, handled)
-
-    def read(self, slot: int) -> dict[str, float]:
-        row = self._ROW.unpack_from(self._map, slot * self._ROW.size)
-        return dict(zip(self.FIELDS, row, strict=True))
 
 
 @dataclass(eq=False)
@@ -431,7 +384,7 @@ class Prefork:
             code = 70
             try:
                 os.close(read_fd)
-                code = _WorkerProcess(self, slot, self.generation, write_fd).run()
+                code = WorkerProcess(self, slot, self.generation, write_fd).run()
             finally:
                 os._exit(code)
         os.close(write_fd)
@@ -629,179 +582,6 @@ class Prefork:
         return text.strip()
 
 
-class _WorkerProcess:
-    """What runs in a forked worker: boot, report ready, serve, exit."""
-
-    def __init__(self, pool: Prefork, slot: int, generation: int, report_fd: int) -> None:
-        self.pool = pool
-        self.slot = slot
-        self.generation = generation
-        self.report_fd = report_fd
-        self.handled = 0
-        self.early_signals: list[int] = []
-        self.supervisor = os.getppid()
-        limit = pool.max_requests
-        if limit > 0 and pool.max_requests_jitter > 0:
-            limit += random.randint(0, pool.max_requests_jitter)
-        self.limit = limit
-        self.runtime: _WorkerRuntime | None = None
-
-    def send(self, event: str, **fields: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.report_fd, (json.dumps({"event": event, **fields}) + "\n").encode())
-
-    def run(self) -> int:
-        pool, server = self.pool, self.pool.server
-        logger = pool.logger.bind(worker=self.slot)
-        try:
-            self._detach()
-            if pool.reload is not None:  # the handler's code as it is on disk now
-                server.RequestHandlerClass = pool.reload()
-            telemetry = pool.make_telemetry(self.slot) if pool.make_telemetry else None
-            server.logger = logger
-            server.use_telemetry(_SlotTelemetry(telemetry, self))
-            if pool.reuse_port:
-                _listen_own(server)
-            # Every worker wakes for each connection (or datagram); the ones that
-            # lose the race must find nothing, not block in accept() (or recvfrom).
-            server.socket.setblocking(False)
-            server.accept_when_busy = False  # (a worker with threads) see pools.ThreadingMixIn
-            rt = _WorkerRuntime(
-                server, drain_delay=0.0, graceful_timeout=pool.graceful_timeout,
-                poll_interval=pool.poll_interval, logger=logger,
-                request_warn_after=pool.request_warn_after, request_timeout=pool.request_timeout,
-            )  # fmt: skip
-            rt.slots, rt.slot, rt.supervisor = pool.slots, self.slot, self.supervisor
-            rt.own_queue = pool.reuse_port
-            self.runtime = rt
-        except Exception as exc:
-            logger.exception("worker failed to boot")
-            self.send("boot_error", error=f"{type(exc).__name__}: {exc}")
-            return EXIT_BOOT_FAILED
-        for signum in self.early_signals:  # asked to leave while booting
-            rt._on_signal(signum)
-        self.send("ready")
-        code = rt.run()
-        return EXIT_RECYCLED if code == 0 and rt.recycled else code
-
-    def _detach(self) -> None:
-        """Leave the supervisor's signals, pipes and sockets to the supervisor."""
-        pool = self.pool
-        for signum in (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
-            signal.signal(signum, signal.SIG_IGN)  # the supervisor's to act on
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # acted on once the runtime runs
-            signal.signal(signum, lambda s, _f: self._early_signal(s))
-        pool._selector.close()
-        for fd in (pool._wake_r, pool._wake_w, *(w.fd for w in pool._workers if w.fd >= 0)):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        pool._workers = []
-        for sock in pool.close_in_workers:
-            sock.close()
-        stack = open(os.path.join(pool._stacks_dir, f"w{self.slot}.txt"), "w")  # noqa: SIM115
-        faulthandler.enable(file=stack, all_threads=True)  # SIGABRT: dump the stacks, then die
-        pool.slots.reset(self.slot, os.getpid())
-        _use_multiprocess_values(pool.metrics_dir, f"w{self.slot}")
-
-    def _early_signal(self, signum: int) -> None:
-        if self.runtime is not None:
-            self.runtime._on_signal(signum)  # booted, its own handlers not yet installed
-        else:
-            self.early_signals.append(signum)
-
-    # -- called per request by _SlotTelemetry --------------------------------------------
-
-    def finished(self, in_flight: int) -> None:
-        self.handled += 1
-        self.pool.slots.set_requests(self.slot, in_flight, self.handled)
-        rt = self.runtime
-        if self.limit and self.handled >= self.limit and rt is not None and not rt.recycled:
-            rt.recycled = True
-            self.send("retiring", handled=self.handled)
-            rt.retire()
-
-
-class _WorkerRuntime(Runtime):
-    """The core's runtime in a worker: heartbeats to the slot table; SIGINT is the supervisor's.
-
-    SIGTERM: the pool stops, take a share of the accept queue, finish, exit.
-    SIGHUP: this worker leaves a pool that goes on (reload, scale down, recycling):
-    finish what it has, and leave the queue to the others.
-    """
-
-    signals = (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGHUP)
-    slots: Slots
-    slot: int
-    recycled = False
-    orphaned = False
-
-    own_queue = False  # SO_REUSEPORT: the queue is this worker's alone; take it
-
-    def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGHUP:
-            self.take_backlog = self.own_queue
-            signum = signal.SIGTERM
-        super()._on_signal(signum)
-
-    def retire(self) -> None:
-        self._on_signal(signal.SIGHUP)
-
-    supervisor = 0
-
-    def tick(self) -> float | None:
-        self.slots.beat(self.slot)
-        self.slots.set_pool(self.slot, self.server.runtime_stats())
-        if os.getppid() != self.supervisor and not self.orphaned:
-            # The supervisor died (SIGKILL, OOM): nobody would stop or replace us.
-            self.orphaned = True
-            self.logger.error("supervisor gone; stopping now", supervisor=self.supervisor)
-            self.stop(immediate=True)
-        return super().tick()
-
-    def heartbeat(self) -> None:
-        self.slots.beat(self.slot)
-        super().heartbeat()
-
-
-class _SlotTelemetry:
-    """A worker's telemetry factory: the real one, plus the slot table's request counts."""
-
-    def __init__(self, inner: Any, worker: _WorkerProcess) -> None:
-        self.inner = inner
-        self.worker = worker
-
-    def bind(self, server: Any) -> ServerTelemetry:
-        bound: ServerTelemetry = self.inner.bind(server) if self.inner is not None else NULL
-        return _SlotBound(bound, server, self.worker)  # type: ignore[return-value]
-
-
-class _SlotBound:
-    """Delegates every call to the bound telemetry; counts requests into the slot table."""
-
-    def __init__(self, bound: ServerTelemetry, server: Any, worker: _WorkerProcess) -> None:
-        for name in (
-            "activate", "deactivate", "hook", "rejected", "error", "queue_wait", "child_reaped",
-            "request_slow", "request_timed_out", "state_changed", "flush", "child_begin",
-            "child_end", "child_merge",
-        ):  # fmt: skip
-            setattr(self, name, getattr(bound, name))
-        self._started = bound.request_started
-        self._finished = bound.request_finished
-        self._records = server._rt_records
-        self._worker = worker
-        self._slots = worker.pool.slots
-        self._slot = worker.slot
-
-    def request_started(self, record: RequestRecord) -> None:
-        self._started(record)
-        self._slots.set_requests(self._slot, len(self._records), self._worker.handled)
-
-    def request_finished(self, record: RequestRecord, end: float) -> None:
-        self._finished(record, end)
-        self._worker.finished(max(0, len(self._records) - 1))
-
-
 def _remove_stale_dirs() -> None:
     """Remove the metric folders of supervisors that died without cleaning up (SIGKILL)."""
     base = tempfile.gettempdir()
@@ -817,33 +597,6 @@ def _remove_stale_dirs() -> None:
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
         except PermissionError:
             pass  # alive, someone else's
-
-
-def _listen_own(server: Any) -> None:
-    """Replace the inherited socket by this worker's own SO_REUSEPORT listener."""
-    shared = server.socket
-    own = socket.socket(shared.family, shared.type)
-    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    own.bind(server.server_address)
-    if own.type == socket.SOCK_STREAM:
-        own.listen(server.request_queue_size)
-    shared.close()
-    server.socket = own
-
-
-def _use_multiprocess_values(directory: str, name: str) -> None:
-    """Make every metric value created from now on live in *directory*'s files for *name*.
-
-    prometheus-client picks its value class when it is imported (by
-    ``PROMETHEUS_MULTIPROC_DIR``); a worker switches after the fork, with its
-    slot's name instead of its pid, so a replacement continues the slot's
-    counters.
-    """
-    from prometheus_client import values
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    values.ValueClass = values.MultiProcessValue(lambda: name)  # type: ignore[no-untyped-call]
 
 
 class _PoolCollector:
