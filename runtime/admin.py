@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 from collections.abc import Callable
 from importlib import resources
@@ -64,6 +65,12 @@ class _AdminHTTPServer(ThreadingMixIn, InstrumentedMixIn, http.server.HTTPServer
     request_queue_size = 64
     access_log = False
     connection_timeout = 5.0
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A probe or scraper that hangs up early is not an error worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _AdminHandler(http.server.BaseHTTPRequestHandler):

@@ -160,3 +160,23 @@ def test_slow_peers_cannot_starve_the_probes() -> None:
             peer.join(10)
         stack.admin.close()
         stack.server.server_close()
+
+
+def test_a_peer_hanging_up_is_not_logged_as_an_admin_error() -> None:
+    import io
+
+    from runtime.admin import _AdminHandler, _AdminHTTPServer
+    from runtime.telemetry.logging import make_logger
+
+    stream = io.StringIO()
+    server = _AdminHTTPServer(("127.0.0.1", 0), _AdminHandler, logger=make_logger(stream=stream))
+    try:
+        for error in (BrokenPipeError(32, "Broken pipe"), ValueError("a real bug")):
+            try:
+                raise error
+            except Exception:
+                server.handle_error(None, ("127.0.0.1", 1))
+    finally:
+        server.server_close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "a real bug" in lines[0]
