@@ -447,3 +447,36 @@ def test_a_killed_supervisor_s_folder_is_removed_by_the_next(started: list[Runti
     assert folder.exists()
     prefork(started, "handlers:PidHandler", "--workers", "1")
     assert not folder.exists()
+
+
+def test_unix_stream_prefork(started: list[RuntimeProcess], tmp_path: Path) -> None:
+    import subprocess
+
+    from _proc import ROOT, env
+
+    path = tmp_path / "echo.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "echo", "--mode", "prefork", "--workers", "2",
+         "--bind", f"unix:{path}", "--admin", "off", "--drain-delay", "0", "--log-format", "json"],
+        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert f"unix:{path}" in proc.stdout.readline()
+        for n in range(10):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(b"line %d\n" % n)
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.makefile("rb").read() == b"line %d\n" % n
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        access = [x for x in log_lines(err) if x.get("event") == "request"]
+        assert len(access) == 10 and all(x["outcome"] == "ok" for x in access)
+        assert not path.exists()  # removed at exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
