@@ -611,6 +611,8 @@ class _PoolCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        from .telemetry.metrics import STATES, state_families
+
         pool, p = self.pool, self.pool.prefix
         labels = [str(pool.server.server_label), pool.server.transport]
         names = ["server", "transport"]
@@ -619,29 +621,20 @@ class _PoolCollector:
             if row["max"] == 0:  # a sync worker: itself is the one worker
                 row["max"], row["busy"] = 1, min(1, row["in_flight"])
                 row["idle"] = 1 - row["busy"]
-        total = {k: sum(r[k] for r in rows) for k in ("in_flight", "busy", "idle", "max", "queue")}
-        in_flight = GaugeMetricFamily(
-            p + "requests_in_flight", "Requests taken and not yet finished.", labels=names
-        )
-        in_flight.add_metric(labels, total["in_flight"])
-        workers = GaugeMetricFamily(
-            p + "workers", "Worker threads or children, by state.", labels=[*names, "state"]
-        )
-        workers.add_metric([*labels, "busy"], total["busy"])
-        workers.add_metric([*labels, "idle"], total["idle"])
-        workers_max = GaugeMetricFamily(
-            p + "workers_max", "Ceiling of workers (max_children).", labels=names
-        )
-        workers_max.add_metric(labels, total["max"])
-        queue = GaugeMetricFamily(p + "queue_depth", "Requests waiting for a worker.", labels=names)
-        queue.add_metric(labels, total["queue"])
+        stats = {  # the core's gauges, named as runtime_stats() names them
+            key: float(sum(r[field] for r in rows))
+            for key, field in (("in_flight", "in_flight"), ("workers_busy", "busy"),
+                             ("workers_idle", "idle"), ("workers_max", "max"),
+                             ("queue_depth", "queue"))
+        }  # fmt: skip
+        yield from state_families(p, {(labels[0], labels[1]): stats})
         state = GaugeMetricFamily(
             p + "lifecycle_state", "1 for the server's current lifecycle state.",
             labels=[*names, "state"],
         )  # fmt: skip
-        for name in ("starting", "serving", "draining", "stopped"):
+        for name in STATES:
             state.add_metric([*labels, name], 1 if pool.lifecycle.state.value == name else 0)
-        yield from (in_flight, workers, workers_max, queue, state)
+        yield state
 
         processes = GaugeMetricFamily(
             p + "worker_processes", "Live pre-fork worker processes, by state.", labels=["state"]

@@ -23,7 +23,7 @@ from .. import __version__
 from .api import RequestRecord
 from .histogram import FastHistogram
 
-__all__ = ["HOOKS", "LATENCY_BUCKETS", "Metrics", "ServerMetrics"]
+__all__ = ["HOOKS", "LATENCY_BUCKETS", "STATES", "Metrics", "ServerMetrics", "state_families"]
 
 HOOKS = (
     "get_request",
@@ -248,22 +248,27 @@ class _StateCollector(Collector):
         return list(self._families(stats))
 
     def _families(self, stats: dict[tuple[str, str], dict[str, float]]) -> Iterator[Any]:
-        p, names = self._prefix, list(_LABELS)
-        in_flight = GaugeMetricFamily(
-            p + "requests_in_flight", "Requests taken and not yet finished.", labels=names
-        )
-        workers = GaugeMetricFamily(
-            p + "workers", "Worker threads or children, by state.", labels=[*names, "state"]
-        )
-        workers_max = GaugeMetricFamily(
-            p + "workers_max", "Ceiling of workers (max_children).", labels=names
-        )
-        queue = GaugeMetricFamily(p + "queue_depth", "Requests waiting for a worker.", labels=names)
-        for labels, s in stats.items():
-            in_flight.add_metric(labels, s.get("in_flight", 0))
-            if "workers_max" in s:
-                workers.add_metric([*labels, "busy"], s["workers_busy"])
-                workers.add_metric([*labels, "idle"], s["workers_idle"])
-                workers_max.add_metric(labels, s["workers_max"])
-                queue.add_metric(labels, s["queue_depth"])
-        yield from (in_flight, workers, workers_max, queue)
+        return state_families(self._prefix, stats)
+
+
+def state_families(prefix: str, stats: dict[tuple[str, str], dict[str, float]]) -> Iterator[Any]:
+    """In flight, workers by state, their ceiling and the queue, from ``runtime_stats()`` sums."""
+    p, names = prefix, list(_LABELS)
+    in_flight = GaugeMetricFamily(
+        p + "requests_in_flight", "Requests taken and not yet finished.", labels=names
+    )
+    workers = GaugeMetricFamily(
+        p + "workers", "Worker threads or children, by state.", labels=[*names, "state"]
+    )
+    workers_max = GaugeMetricFamily(
+        p + "workers_max", "Ceiling of workers (max_children).", labels=names
+    )
+    queue = GaugeMetricFamily(p + "queue_depth", "Requests waiting for a worker.", labels=names)
+    for labels, s in stats.items():
+        in_flight.add_metric(labels, s.get("in_flight", 0))
+        if "workers_max" in s:
+            workers.add_metric([*labels, "busy"], s["workers_busy"])
+            workers.add_metric([*labels, "idle"], s["workers_idle"])
+            workers_max.add_metric(labels, s["workers_max"])
+            queue.add_metric(labels, s["queue_depth"])
+    yield from (in_flight, workers, workers_max, queue)
