@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import socket
-import struct
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -38,39 +37,52 @@ EXIT_BOOT_FAILED = 4
 class Slots:
     """Shared memory table, one row per worker slot: heartbeat and pool state.
 
-    Written by the worker (plain stores, no lock: a torn read costs one scrape
-    a stale number), read by the supervisor.
+    Written by the worker, read by the supervisor, no lock.  Each field is one
+    aligned 8-byte word stored and loaded whole through a typed memoryview (one
+    machine store), never with ``struct.pack_into``: that zeroes the field before
+    writing it, so a supervisor reading at that instant saw a heartbeat of 0.0,
+    a worker silent since boot, and aborted a healthy one.  A read of several
+    fields may mix two updates; that costs one scrape a stale number.
     """
 
-    _ROW = struct.Struct("<dqqqqqqq")
     FIELDS = ("heartbeat", "pid", "in_flight", "busy", "idle", "max", "queue", "handled")
+    _WIDTH = len(FIELDS)  # 8-byte words per row
+    _IN_FLIGHT, _HANDLED = FIELDS.index("in_flight"), FIELDS.index("handled")
+    _POOL = ("in_flight", "workers_busy", "workers_idle", "workers_max", "queue_depth")
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self._map = mmap.mmap(-1, max(1, count) * self._ROW.size)  # MAP_SHARED: seen after fork
+        # MAP_SHARED, page-aligned: seen after fork, every word aligned.
+        self._map = mmap.mmap(-1, max(1, count) * self._WIDTH * 8)
+        self._floats = memoryview(self._map).cast("d")
+        self._ints = memoryview(self._map).cast("q")
 
     def reset(self, slot: int, pid: int) -> None:
-        self._ROW.pack_into(self._map, slot * self._ROW.size, monotonic(), pid, 0, 0, 0, 0, 0, 0)
+        base = slot * self._WIDTH
+        for i in range(1, self._WIDTH):
+            self._ints[base + i] = 0
+        self._ints[base + 1] = pid
+        self._floats[base] = monotonic()
 
     def beat(self, slot: int) -> None:
-        struct.pack_into("<d", self._map, slot * self._ROW.size, monotonic())
+        self._floats[slot * self._WIDTH] = monotonic()
 
     def set_pool(self, slot: int, stats: dict[str, float]) -> None:
-        struct.pack_into(
-            "<qqqqq", self._map, slot * self._ROW.size + 16,
-            int(stats.get("in_flight", 0)), int(stats.get("workers_busy", 0)),
-            int(stats.get("workers_idle", 0)), int(stats.get("workers_max", 0)),
-            int(stats.get("queue_depth", 0)),
-        )  # fmt: skip
+        base = slot * self._WIDTH + self._IN_FLIGHT
+        for i, key in enumerate(self._POOL):
+            self._ints[base + i] = int(stats.get(key, 0))
 
     def set_requests(self, slot: int, in_flight: int, handled: int) -> None:
-        offset = slot * self._ROW.size
-        struct.pack_into("<q", self._map, offset + 16, in_flight)
-        struct.pack_into("<q", self._map, offset + 56, handled)
+        base = slot * self._WIDTH
+        self._ints[base + self._IN_FLIGHT] = in_flight
+        self._ints[base + self._HANDLED] = handled
 
     def read(self, slot: int) -> dict[str, float]:
-        row = self._ROW.unpack_from(self._map, slot * self._ROW.size)
-        return dict(zip(self.FIELDS, row, strict=True))
+        base = slot * self._WIDTH
+        row: dict[str, float] = {"heartbeat": self._floats[base]}
+        for i in range(1, self._WIDTH):
+            row[self.FIELDS[i]] = self._ints[base + i]
+        return row
 
 
 class WorkerProcess:

@@ -483,3 +483,46 @@ def test_unix_stream_prefork(started: list[RuntimeProcess], tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_slot_table_reads_never_see_a_half_written_heartbeat() -> None:
+    """The supervisor reads heartbeats while workers write them, without a lock.
+
+    A heartbeat read as 0.0 while a worker was storing it once made the supervisor
+    abort a healthy worker as hung (`heartbeat_age_seconds` = the machine's uptime).
+    """
+    from runtime._prefork_worker import Slots
+
+    slots = Slots(2)
+    slots.reset(1, 0)
+    start = slots.read(1)["heartbeat"]
+    pid = os.fork()
+    if pid == 0:  # the worker: beat and count as fast as it can, for at most 5 s
+        code = 1
+        try:
+            deadline = start + 5.0
+            n = 0
+            while slots.read(1)["pid"] != -1 and slots.read(1)["heartbeat"] < deadline:
+                for _ in range(1000):
+                    slots.beat(1)
+                n += 1000
+                slots.set_requests(1, n % 7, n)
+            code = 0
+        finally:
+            os._exit(code)
+    oldest = float("inf")
+    reads = 0
+    try:
+        poll(lambda: slots.read(1)["handled"] > 0, what="the worker writing")
+        for _ in range(300_000):  # ~0.5 s of reads while the other process writes
+            row = slots.read(1)
+            oldest = min(oldest, row["heartbeat"])
+            assert 0 <= row["in_flight"] < 7
+            reads += 1
+        written = slots.read(1)["handled"]
+    finally:
+        slots.reset(1, -1)  # pid -1: stop writing
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert written > 1000  # the writer really ran alongside
+    assert oldest >= start, f"a heartbeat read as {oldest} (start {start}) in {reads} reads"
