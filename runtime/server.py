@@ -27,6 +27,11 @@ Class variables that may be overridden:
   ``server_name=`` constructor argument sets it.  Not ``server_name``, which
   ``http.server.HTTPServer`` uses for the host name)
 - ``tcp_nodelay``: set TCP_NODELAY on accepted TCP connections (default True)
+- ``accept_batch``: connections (or datagrams) the serving loop takes, one
+  after the other, each time it wakes and finds the socket readable, until
+  the queue is empty (default 16; 1: one per ``select``, as the standard
+  library).  Under load it saves a ``select`` and a loop turn per request;
+  a thread pool that is full, a drain or ``shutdown()`` ends the batch early
 - ``access_log``: one structured log line per request (default True)
 - ``connection_timeout``: seconds an accepted stream connection may sit idle
   in a blocking read or write (default None, as in the standard library; the
@@ -113,6 +118,8 @@ class InstrumentedMixIn:
 
     server_label: str | None = None
     tcp_nodelay = True
+    accept_batch = 16
+    _rt_woken = False
     access_log = True
     connection_timeout: float | None = None
 
@@ -202,6 +209,11 @@ class InstrumentedMixIn:
         self._rt_is_shut_down.clear()
         self._rt_serving_thread = threading.get_ident()
         wake = self._rt_wakeup_fd()
+        # Batches need a listener that says "empty" instead of blocking.
+        blocking = self.socket.gettimeout() is None
+        batching = self.accept_batch > 1 and (blocking or self.socket.gettimeout() == 0.0)
+        if batching and blocking:
+            self.socket.setblocking(False)
         try:
             with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
@@ -214,12 +226,15 @@ class InstrumentedMixIn:
                         break
                     for key, _ in ready:
                         if key.fd == wake:
+                            self._rt_woken = False
                             self._rt_drain_wakeup(wake)
                         elif key.fileobj is self:  # type: ignore[comparison-overlap]
-                            self._handle_request_noblock()
+                            self._rt_accept_batch(self.accept_batch if batching else 1)
                     # Also reaps children at once when their pipes are readable.
                     self._rt_service_actions()
         finally:
+            if batching and blocking and self.socket.fileno() != -1:
+                self.socket.setblocking(True)
             self._rt_shutdown_request = False
             self._rt_serving_thread = None
             self._rt_is_shut_down.set()
@@ -243,6 +258,7 @@ class InstrumentedMixIn:
 
     def wake(self) -> None:
         """Wake the serving loop (safe from signal handlers and other threads)."""
+        self._rt_woken = True  # ends a batch of accepts: the loop has something to do
         if self._rt_wakeup is not None:
             try:
                 os.write(self._rt_wakeup[1], b"\0")
@@ -273,8 +289,13 @@ class InstrumentedMixIn:
                             self._rt_timed(None, "handle_timeout", start, perf_counter())
                         return
 
-    def _handle_request_noblock(self) -> None:
-        self._rt_accept_one()
+    def _rt_accept_batch(self, limit: int) -> None:
+        for _ in range(limit):
+            if self._handle_request_noblock() != _TAKEN or self._rt_woken:
+                return  # empty, full, failing, or woken (a signal, shutdown()): turn now
+
+    def _handle_request_noblock(self) -> int:
+        return self._rt_accept_one()
 
     def _rt_accept_one(self) -> int:
         """Take one connection or datagram through the hook chain.

@@ -765,3 +765,44 @@ def test_one_access_log_line_per_request(
     assert len(lines) == 1
     assert "ok" in lines[0].values()
     assert any("duration" in key for key in lines[0])
+
+
+class _Upper(runtime.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline().upper())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("batch", "turns_range"), [(16, (1, 2)), (1, (10, 11))])
+def test_queued_connections_are_taken_in_a_batch_per_loop_turn(
+    batch: int, turns_range: tuple[int, int]
+) -> None:
+    """With ten connections queued, one wake of the loop serves them all (``accept_batch``)."""
+    turns: list[int] = []
+
+    class Server(runtime.TCPServer):  # synchronous: each request is handled in the loop
+        accept_batch = batch
+        request_queue_size = 16  # (the standard 5 would not let ten wait)
+
+        def service_actions(self) -> None:  # once per loop turn
+            turns.append(1)
+
+    server = Server(("127.0.0.1", 0), _Upper)
+    clients = []
+    for i in range(10):  # queued in the kernel before the loop starts
+        sock = socket.create_connection(server.server_address, timeout=10)
+        sock.sendall(b"line %d\n" % i)
+        clients.append(sock)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 5})
+    thread.start()
+    try:
+        replies = [sock.makefile("rb").readline() for sock in clients]
+        assert replies == [b"LINE %d\n" % i for i in range(10)]
+    finally:
+        server.shutdown()  # returns once the loop has stopped
+        thread.join()
+        for sock in clients:
+            sock.close()
+    assert turns_range[0] <= len(turns) <= turns_range[1]
+    assert server.socket.gettimeout() is None  # the listener is blocking again, as it was
+    server.server_close()
