@@ -3,8 +3,12 @@
 - *lean*: metrics on; traces sampled at 1 %, parent-based, into a batch
   processor; access log off.
 - *everything on*: metrics; every request traced (the SDK's default sampler,
-  parent-based always-on) into a ``BatchSpanProcessor`` whose exporter drops
-  the batch; a JSON access line per request, to a file.
+  parent-based always-on) into a batch processor whose exporter drops the
+  batch; a JSON access line per request, to a file.
+
+The provider and its batch processor are the ones ``python -m runtime`` builds
+(``runtime.telemetry.otel``: the SDK's, without the threads the SDK starts in
+every forked child).
 
 The exporter does nothing so that only the cost paid in the server's process
 is measured (creating, recording and queueing spans, the processor's thread
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,10 +53,12 @@ class NoopExporter(SpanExporter):
 
 
 def tracer_provider(ratio: float) -> TracerProvider:
-    """An SDK provider sampling *ratio* of new traces (parent-based), batching to nowhere."""
+    """The provider ``python -m runtime`` builds, sampling *ratio* of new traces
+    (parent-based), batching to nowhere."""
+    from runtime.telemetry.otel import tracer_provider as runtime_provider
+
     sampler: Sampler = ParentBased(ALWAYS_ON if ratio >= 1.0 else TraceIdRatioBased(ratio))
-    provider = TracerProvider(sampler=sampler)
-    provider.add_span_processor(BatchSpanProcessor(NoopExporter()))
+    provider: TracerProvider = runtime_provider(NoopExporter(), sampler=sampler)
     return provider
 
 

@@ -163,12 +163,9 @@ def _tracer_provider(settings: Settings, default_service: str) -> Any:
     if settings.traces == "none":
         return None
     from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-        SpanExporter,
-    )
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+
+    from .telemetry.otel import tracer_provider
 
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "unknown_service")).startswith("unknown_service"):
@@ -191,8 +188,8 @@ def _tracer_provider(settings: Settings, default_service: str) -> Any:
         exporter = OTLPSpanExporter()
     else:
         exporter = ConsoleSpanExporter()
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Batching like the SDK's, without threads started in every forked child.
+    provider = tracer_provider(exporter, resource=resource)
     # The CLI owns the process: handlers' own trace.get_tracer() spans use it too.
     from opentelemetry import trace
 
