@@ -15,7 +15,16 @@ SIGTERM or SIGINT.  Every server answers each GET with ``hello, world\\n``
   by default), metrics, traces at 1 % (parent-based), access log off
 - ``gunicorn-sync``: gunicorn's sync worker class, 2 workers, serving a WSGI hello
   app; its access log is off by default.  Pinning the master (``--cpu``) puts
-  both workers on the same core.
+  both workers on the same core.  A sync worker answers ``Connection: close``
+  to every request: one request per connection.
+- ``gunicorn-gthread``: the same app and 2 workers with gunicorn's threaded
+  worker class (``gthread``), 32 threads per worker (``threads``), keep-alive on
+  with gunicorn's default ``keepalive`` of 2 s (a connection idle for 2 s is
+  closed; wrk's never are): gunicorn's own worker threads with keep-alive, the
+  like-for-like baseline of ``runtime-prefork-http-threads`` (2 workers x 32
+  threads).  A gthread worker accepts up to ``worker_connections`` (1000)
+  connections and parks the idle keep-alive ones in its poller, so its thread
+  count does not bound the connections it serves.
 
 Like ``echo_servers.py``, the baselines never import ``runtime``.
 """
@@ -40,6 +49,7 @@ from echo_servers import (
 
 BODY = b"hello, world\n"
 GUNICORN_WORKERS = 2
+GUNICORN_THREADS = 32  # gthread: per worker, as runtime-prefork-http-threads
 
 
 class HelloHandler(http.server.BaseHTTPRequestHandler):
@@ -89,7 +99,11 @@ SERVERS: dict[str, Callable[[], socketserver.TCPServer]] = {
     "stdlib-http-nodelay": lambda: StdlibHTTPNoDelay(ADDRESS, HelloHandler),
     "runtime-http": _runtime_http,
 }
-GUNICORN = "gunicorn-sync"
+#: gunicorn's servers: the settings that differ from run_gunicorn's common ones.
+GUNICORN: dict[str, dict[str, Any]] = {
+    "gunicorn-sync": {"worker_class": "sync"},
+    "gunicorn-gthread": {"worker_class": "gthread", "threads": GUNICORN_THREADS},
+}
 
 
 # -- gunicorn ----------------------------------------------------------------------------
@@ -109,8 +123,9 @@ def _print_port(arbiter: Any) -> None:
     sys.stdout.flush()
 
 
-def run_gunicorn(*, parent_watch: bool) -> None:
-    """gunicorn's arbiter with 2 sync workers on 127.0.0.1:0, until SIGTERM (graceful)."""
+def run_gunicorn(worker: dict[str, Any], *, parent_watch: bool) -> None:
+    """gunicorn's arbiter with 2 workers (the *worker* settings, e.g. the worker class)
+    on 127.0.0.1:0, until SIGTERM (graceful)."""
     from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
     class Hello(BaseApplication):  # type: ignore[misc]
@@ -118,9 +133,9 @@ def run_gunicorn(*, parent_watch: bool) -> None:
             settings: dict[str, Any] = {
                 "bind": [f"{ADDRESS[0]}:{ADDRESS[1]}"],
                 "workers": GUNICORN_WORKERS,
-                "worker_class": "sync",
                 "backlog": REQUEST_QUEUE_SIZE,
                 "when_ready": _print_port,
+                **worker,
             }
             if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24 (?)
                 settings["control_socket_disable"] = True  # no socket in ~/.gunicorn
@@ -136,10 +151,10 @@ def run_gunicorn(*, parent_watch: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv, [*SERVERS, GUNICORN], __doc__)
+    args = parse_args(argv, [*SERVERS, *GUNICORN], __doc__)
     prepare_process(args.cpu)
-    if args.name == GUNICORN:
-        run_gunicorn(parent_watch=args.exit_on_stdin_eof)
+    if args.name in GUNICORN:
+        run_gunicorn(GUNICORN[args.name], parent_watch=args.exit_on_stdin_eof)
     else:
         serve(SERVERS[args.name], parent_watch=args.exit_on_stdin_eof)
     return 0

@@ -10,12 +10,13 @@ Scenarios (``--scenarios``):
 - ``keepalive``: one long-lived connection per client (``--mode keepalive``);
   the load generator reports the clients that starve;
 - ``http``: wrk (``-t1 -c64 --latency``, every reply checked by ``wrk_check.lua``)
-  against the HTTP hello servers of ``http_servers.py``, gunicorn included.
+  against the HTTP hello servers of ``http_servers.py``, gunicorn included (sync
+  and gthread workers).
 
 The runtime's pre-fork pool (``prefork_servers.py``: ``python -m runtime
 --mode prefork --workers 2``) takes part in all three, on a shared listening
 socket and on SO_REUSEPORT sockets (skipped, with a note, when the runtime's
-command line has no ``--reuse-port``).
+command line has no ``--reuse-port``); for HTTP also with threads and keep-alive.
 
 Every server is started once, pinned to ``--server-cpu``; the load generator
 and this process run on ``--loadgen-cpu``.  For each scenario and client count
@@ -109,7 +110,9 @@ SPECS = (
     ServerSpec("runtime-http", "http_servers.py", ("http",)),
     ServerSpec("runtime-prefork-http", "prefork_servers.py", ("http",)),
     ServerSpec("runtime-prefork-http-reuseport", "prefork_servers.py", ("http",)),
+    ServerSpec("runtime-prefork-http-threads", "prefork_servers.py", ("http",)),
     ServerSpec("gunicorn-sync", "http_servers.py", ("http",)),
+    ServerSpec("gunicorn-gthread", "http_servers.py", ("http",)),
 )
 BY_NAME = {spec.name: spec for spec in SPECS}
 SMOKE_CLIENTS = {"connect": [8, 64, 512], "keepalive": [64]}

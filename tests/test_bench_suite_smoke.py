@@ -28,7 +28,8 @@ SERVERS = {
     "keepalive": {"stdlib-threading", "stdlib-pool8", "stdlib-forking", "runtime-default",
                   "runtime-prefork", "runtime-prefork-reuseport"},
     "http": {"stdlib-http", "stdlib-http-nodelay", "runtime-http", "runtime-prefork-http",
-             "runtime-prefork-http-reuseport", "gunicorn-sync"},
+             "runtime-prefork-http-reuseport", "runtime-prefork-http-threads", "gunicorn-sync",
+             "gunicorn-gthread"},
 }  # fmt: skip
 CLIENTS = {"connect": {8, 64, 512}, "keepalive": {64}, "http": {64}}
 VERDICTS = ("PASS", "FAIL", "n/a", "info")
@@ -93,7 +94,7 @@ def test_smoke_measures_every_server_and_scenario(tmp_path: Path) -> None:
 
     verdicts = target_verdicts(done.stdout)
     assert len(verdicts) >= 10, report
-    assert "info" in verdicts.values(), report  # reuse-port against the shared socket
+    assert "info" in verdicts.values(), report  # e.g. pre-fork against gunicorn gthread
     # The smoke run measures every target (but those of a skipped server).
     missing = [label for label, verdict in verdicts.items() if verdict == "n/a"]
     assert all(any(name in label for name in skipped) for label in missing), report
