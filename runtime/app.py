@@ -258,7 +258,10 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     if admin_address is not None:
         try:
             if isinstance(runtime, Prefork):
-                status = StatusBoard(runtime.lifecycle, [], None)
+                status = StatusBoard(
+                    runtime.lifecycle, [runtime], None, families=runtime.registry.collect,
+                    prefix=runtime.prefix, workers=runtime.workers,
+                )  # fmt: skip
                 render = runtime.render
             else:
                 status = StatusBoard(runtime.lifecycle, [server], telemetry)

@@ -210,6 +210,33 @@ class Prefork:
             })  # fmt: skip
         return rows
 
+    def pool_stats(self) -> dict[str, float]:
+        """The core's pool gauges summed over the live workers' slots (as runtime_stats())."""
+        rows = [self.slots.read(w.slot) for w in list(self._workers)]
+        for row in rows:
+            if row["max"] == 0:  # a sync worker: itself is the one worker
+                row["max"], row["busy"] = 1, min(1, row["in_flight"])
+                row["idle"] = 1 - row["busy"]
+        return {
+            key: float(sum(r[field] for r in rows))
+            for key, field in (("in_flight", "in_flight"), ("workers_busy", "busy"),
+                             ("workers_idle", "idle"), ("workers_max", "max"),
+                             ("queue_depth", "queue"))
+        }  # fmt: skip
+
+    def pool_status(self) -> dict[str, Any]:
+        """The status page's server row: the pool as one server."""
+        from ._request import format_address
+
+        stats = self.pool_stats()
+        return {
+            "name": str(self.server.server_label),
+            "transport": self.server.transport,
+            "address": format_address(self.server.server_address),
+            "mode": "prefork",
+            **{key: int(value) for key, value in stats.items()},
+        }
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         from .telemetry.exposition import render
 
@@ -616,18 +643,7 @@ class _PoolCollector:
         pool, p = self.pool, self.pool.prefix
         labels = [str(pool.server.server_label), pool.server.transport]
         names = ["server", "transport"]
-        rows = [pool.slots.read(w.slot) for w in list(pool._workers)]
-        for row in rows:
-            if row["max"] == 0:  # a sync worker: itself is the one worker
-                row["max"], row["busy"] = 1, min(1, row["in_flight"])
-                row["idle"] = 1 - row["busy"]
-        stats = {  # the core's gauges, named as runtime_stats() names them
-            key: float(sum(r[field] for r in rows))
-            for key, field in (("in_flight", "in_flight"), ("workers_busy", "busy"),
-                             ("workers_idle", "idle"), ("workers_max", "max"),
-                             ("queue_depth", "queue"))
-        }  # fmt: skip
-        yield from state_families(p, {(labels[0], labels[1]): stats})
+        yield from state_families(p, {(labels[0], labels[1]): pool.pool_stats()})
         state = GaugeMetricFamily(
             p + "lifecycle_state", "1 for the server's current lifecycle state.",
             labels=[*names, "state"],

@@ -18,7 +18,7 @@ import platform
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,12 +52,20 @@ class StatusBoard:
         servers: Sequence[Any],
         telemetry: Telemetry | None = None,
         *,
+        families: Callable[[], Iterable[Any]] | None = None,
+        prefix: str = "socketserver_",
+        workers: Callable[[], list[dict[str, Any]]] | None = None,
         interval: float = 5.0,
         history: int = 120,
     ) -> None:
         self.lifecycle = lifecycle
         self.servers = list(servers)
         self.telemetry = telemetry
+        #: Without *telemetry*: where the request families come from (a pre-fork
+        #: supervisor's registry, the workers' counters merged), named with *prefix*.
+        self.families = families
+        self.prefix = prefix
+        self.workers = workers
         self.interval = interval
         self.started = time.time()
         self._samples: deque[_Sample] = deque(maxlen=history + 1)
@@ -83,22 +91,48 @@ class StatusBoard:
         while not self._stop.wait(self.interval):
             self.sample()
 
+    @property
+    def counting(self) -> bool:
+        """Whether there are request counters to show (totals, charts)."""
+        return self.telemetry is not None or self.families is not None
+
     def sample(self) -> None:
         """Take one sample of the counters (the sampler thread calls this)."""
-        if self.telemetry is None:
-            return
-        self.telemetry.recent.rotate()
-        self._samples.append(self._read())
+        if self.telemetry is not None:
+            self.telemetry.recent.rotate()
+        if self.counting:
+            self._samples.append(self._read(self._collect()))
 
-    def _read(self) -> _Sample:
-        assert self.telemetry is not None
-        metrics = self.telemetry.metrics
+    def _collect(self) -> dict[str, list[Any]]:
+        """The request families by role: requests, duration, slow, timed_out."""
+        if self.telemetry is not None:
+            m = self.telemetry.metrics
+            return {
+                "requests": list(m.requests.collect()),
+                "duration": list(m.request_duration.collect()),
+                "slow": list(m.slow.collect()),
+                "timed_out": list(m.timed_out.collect()),
+            }
+        assert self.families is not None
+        p = self.prefix
+        names = {
+            p + "requests": "requests", p + "request_duration_seconds": "duration",
+            p + "requests_slow": "slow", p + "requests_timed_out": "timed_out",
+        }  # fmt: skip
+        found: dict[str, list[Any]] = {role: [] for role in names.values()}
+        for family in self.families():
+            role = names.get(family.name)
+            if role is not None:
+                found[role].append(family)
+        return found
+
+    def _read(self, families: dict[str, list[Any]]) -> _Sample:
         counts: dict[str, float] = {}
-        for labels, value in _samples(metrics.requests.collect(), "_total"):
+        for labels, value in _samples(families["requests"], "_total"):
             outcome = labels["outcome"]
             counts[outcome] = counts.get(outcome, 0.0) + value
         buckets: dict[float, float] = {}
-        for labels, value in _samples(metrics.request_duration.collect(), "_bucket"):
+        for labels, value in _samples(families["duration"], "_bucket"):
             if labels["outcome"] != "rejected":  # refused at once: not a latency
                 le = float(labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + value
@@ -124,34 +158,37 @@ class StatusBoard:
             "live": lifecycle.live(),
             "heartbeat_age_seconds": round(lifecycle.heartbeat_age(), 3),
             "servers": [_server_status(server) for server in self.servers],
-            "telemetry": self.telemetry is not None,
+            "telemetry": self.counting,
+            "recent": self.telemetry is not None,
             "interval_seconds": self.interval,
         }
-        if self.telemetry is None:
+        if self.workers is not None:
+            doc["workers"] = self.workers()
+        if not self.counting:
             return doc
-        current = self._read()
+        families = self._collect()
+        current = self._read(families)
         samples = [*self._samples, current]
         totals = {outcome: int(current.counts.get(outcome, 0)) for outcome in _OUTCOMES}
         totals["requests"] = sum(totals.values())
-        metrics = self.telemetry.metrics
-        totals["slow"] = int(sum(v for _, v in _samples(metrics.slow.collect(), "_total")))
-        totals["timed_out"] = int(
-            sum(v for _, v in _samples(metrics.timed_out.collect(), "_total"))
-        )
-        recent = self.telemetry.recent
-        window_start = _first_within(samples, current.mono - recent.window)
+        for role in ("slow", "timed_out"):
+            totals[role] = int(sum(v for _, v in _samples(families[role], "_total")))
+        recent = self.telemetry.recent if self.telemetry is not None else None
+        window = recent.window if recent is not None else _WINDOW
+        window_start = _first_within(samples, current.mono - window)
         doc.update(
             totals=totals,
-            window_seconds=recent.window,
+            window_seconds=window,
             window=_interval(window_start, current, self._bounds),
             history=[_interval(a, b, self._bounds) for a, b in itertools.pairwise(samples)],
-            slowest=recent.slowest(),
-            errors=recent.errors(),
+            slowest=recent.slowest() if recent is not None else [],
+            errors=recent.errors() if recent is not None else [],
         )
         return doc
 
 
 _OUTCOMES = ("ok", "error", "rejected")
+_WINDOW = 300.0  # seconds: the latency card's window without a RecentRequests (its default)
 
 
 def _samples(families: Iterable[Any], suffix: str) -> Iterable[tuple[dict[str, str], float]]:
@@ -212,6 +249,10 @@ def quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> 
 
 
 def _server_status(server: Any) -> dict[str, Any]:
+    pool_status = getattr(server, "pool_status", None)
+    if pool_status is not None:  # a pre-fork supervisor: its workers as one server
+        status: dict[str, Any] = pool_status()
+        return status
     if isinstance(server, ForkingMixIn):
         mode = "fork"
     elif isinstance(server, ThreadingMixIn):

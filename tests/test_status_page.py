@@ -257,3 +257,40 @@ def test_trace_ids_on_the_page_are_the_requests_own(served: dict[str, Any]) -> N
     assert lines[served["slow_client"]]["trace_id"] == slowest["trace_id"]
     if "page_trace_id" in served:
         assert served["page_trace_id"] == slowest["trace_id"]
+
+
+def test_prefork_page_shows_the_pool_its_workers_and_their_summed_totals(browser: Any) -> None:
+    """Pre-fork: totals and charts from the workers' merged counters, one row per worker."""
+    rt = RuntimeProcess(
+        "handlers:StatusHandler", "--mode", "prefork", "--workers", "2", "--log-format", "json"
+    )
+    try:
+        for _ in range(4):
+            _request(rt.address, b"hello")
+        _request(rt.address, b"fail")
+
+        def doc() -> dict[str, Any]:
+            return dict(json.loads(rt.get("/status.json")[2]))
+
+        poll(lambda: doc()["totals"]["requests"] == 5, what="the workers' requests summed")
+        status = doc()
+        assert status["totals"]["ok"] == 4 and status["totals"]["error"] == 1
+        assert status["servers"][0]["mode"] == "prefork"
+        assert status["servers"][0]["workers_max"] == 2  # two sync workers
+        workers = status["workers"]
+        assert sorted(w["worker"] for w in workers) == [0, 1]
+        assert {w["state"] for w in workers} == {"ready"}
+        assert sum(w["handled"] for w in workers) == 5
+        assert status["recent"] is False and status["slowest"] == []
+
+        browser.get(rt.admin + "/?refresh=200")
+        poll(lambda: _value(browser, "total-requests") == "5", timeout=20, what="the page's total")
+        rows = browser.find_elements("css selector", "#workers tbody tr")
+        assert sorted(r.get_attribute("data-worker") for r in rows) == ["0", "1"]
+        assert browser.find_element("id", "workers-section").is_displayed()
+        assert "pre-fork" in browser.find_element("css selector", "#slowest tbody").text
+        assert _value(browser, "workers-max") == "2"
+        problems = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert problems == []
+    finally:
+        rt.close()

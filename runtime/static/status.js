@@ -131,6 +131,23 @@ function render(doc) {
   setText("workers-max", sum("workers_max"));
   setText("mode", doc.servers.map(s => s.mode).join(", ") + " mode");
 
+  if (doc.workers) {
+    $("workers-section").hidden = false;
+    const tbody = rows($("workers").tBodies[0], doc.workers, 8, "no worker processes");
+    for (const w of doc.workers) {
+      const tr = el("tr", { "data-worker": w.worker });
+      tr.append(el("td", { class: "num" }, w.worker));
+      tr.append(el("td", { class: "num mono" }, w.pid));
+      tr.append(el("td", { class: "num" }, w.generation));
+      tr.append(el("td", { class: w.state === "ready" ? "" : "warn" }, w.state));
+      tr.append(el("td", { class: "num" }, duration(w.uptime_seconds)));
+      tr.append(el("td", { class: "num" }, w.heartbeat_age_seconds.toFixed(1) + " s"));
+      tr.append(el("td", { class: "num" }, w.in_flight));
+      tr.append(el("td", { class: "num" }, w.handled));
+      tbody.append(tr);
+    }
+  }
+
   if (!doc.telemetry) {
     $("fetch-error").textContent = "no telemetry configured: totals, charts and recent requests are off";
     return;
@@ -154,7 +171,8 @@ function render(doc) {
     { cls: "p99", values: doc.history.map(p => p.p99_ms) },
   ], v => ms(v));
 
-  const slow = rows($("slowest").tBodies[0], doc.slowest, 6, "no requests in the window");
+  const perWorker = "kept by each worker process: not shown in pre-fork mode";
+  const slow = rows($("slowest").tBodies[0], doc.slowest, 6, doc.recent ? "no requests in the window" : perWorker);
   for (const r of doc.slowest) {
     const tr = el("tr", { "data-trace-id": r.trace_id });
     tr.append(el("td", { class: "num" }, clock(r.started)));
@@ -165,7 +183,7 @@ function render(doc) {
     tr.append(el("td", { class: "mono trace" }, r.trace_id || "not sampled"));
     slow.append(tr);
   }
-  const errors = rows($("errors").tBodies[0], doc.errors, 7, "no errors");
+  const errors = rows($("errors").tBodies[0], doc.errors, 7, doc.recent ? "no errors" : perWorker);
   for (const e of doc.errors) {
     const tr = el("tr", { "data-trace-id": e.trace_id });
     tr.append(el("td", { class: "num" }, clock(e.started)));
