@@ -5,9 +5,10 @@
 
 Every panel and annotation queries the ``$datasource`` variable (type datasource, so
 the JSON imports into any Grafana without an ``__inputs`` section and can be provisioned
-from a file as is). ``$server`` and ``$instance`` filter every query: ``$instance`` also
-filters the ``process_*`` series, which carry no ``server`` label. Latency panels show
-exemplars (the request's ``trace_id``) when Prometheus stores them
+from a file as is). ``$server`` and ``$instance`` filter every query: ``$instance`` alone
+filters the series that carry no ``server`` label (``process_*``, ``up`` and the pre-fork
+supervisor's ``socketserver_worker_*``); it lists only instances of the chosen servers.
+Latency panels show exemplars (the request's ``trace_id``) when Prometheus stores them
 (``--enable-feature=exemplar-storage``) and the runtime traces.
 
 The layout is data: rows of panels, each panel a width and a height on Grafana's
@@ -31,8 +32,12 @@ HERE = Path(__file__).resolve().parent
 DATASOURCE: Json = {"type": "prometheus", "uid": "${datasource}"}
 #: Label matchers of every socketserver_* query.
 SEL = 'server=~"$server", instance=~"$instance"'
-#: Label matchers of process_* and up (no server label).
+#: Label matchers of process_*, up and socketserver_worker_* (no server label).
 PROC = 'instance=~"$instance"'
+#: Pre-fork: the runtime's default --worker-timeout (a worker whose heartbeat is older is
+#: aborted and replaced), and the heartbeat age of the SocketserverWorkerHung alert.
+WORKER_TIMEOUT = 30
+WORKER_HUNG = 10
 RATE = "$__rate_interval"
 RANGE = "$__range"
 REFIDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -89,7 +94,9 @@ def timeseries(
     title: str, description: str, targets: Iterable[Json], unit: str, *,
     size: tuple[int, int] = (8, 8), stack: bool = False, max_value: float | None = None,
     overrides: list[Json] | None = None,
+    thresholds: Sequence[tuple[float | None, str]] | None = None,
 ) -> Json:  # fmt: skip
+    """A time series panel; *thresholds* ``(value, colour)`` are drawn as dashed lines."""
     custom: Json = {
         "drawStyle": "line",
         "lineWidth": 1,
@@ -101,6 +108,12 @@ def timeseries(
     defaults: Json = {"unit": unit, "min": 0, "custom": custom}
     if max_value is not None:
         defaults["max"] = max_value
+    if thresholds is not None:
+        custom["thresholdsStyle"] = {"mode": "dashed"}
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"value": value, "color": color} for value, color in thresholds],
+        }
     panel = _panel("timeseries", title, description, targets, size)
     panel["fieldConfig"] = {"defaults": defaults, "overrides": overrides or []}
     panel["options"] = {
@@ -364,6 +377,81 @@ def _pool_row(layout: Layout) -> None:
     )  # fmt: skip
 
 
+def _prefork_row(layout: Layout) -> None:
+    def workers(family: str, extra: str = "") -> str:
+        matchers = f"{PROC}, {extra}" if extra else PROC
+        return f"socketserver_worker_{family}{{{matchers}}}"
+
+    ready = workers("processes", 'state="ready"')
+
+    layout.row(
+        "Pre-fork workers",
+        timeseries(
+            "Worker processes by state", "Pre-fork mode only (--mode prefork; empty for "
+            "thread and fork instances). Live worker processes of the selected instances: "
+            "booting (started, importing the handler, not serving yet), ready (serving), "
+            "retiring (leaving after --max-requests; its replacement is already booting), "
+            "stopping (asked to leave: reload, scale-down or shutdown). Ready below "
+            "--workers for more than a few seconds: workers crash, hang or fail to boot "
+            "(see restarts and exits). No ready worker on an instance fires "
+            "SocketserverNoReadyWorkers.",
+            [target(f"sum by (state) ({workers('processes')})", "{{state}}")],
+            "short", stack=True),
+        timeseries(
+            "Worker starts and restarts", "Worker processes started per second, per "
+            "instance. Starts: every new worker (at start-up, replacing a recycled one, "
+            "reload (SIGHUP), scale-up (SIGTTIN), and restarts). Restarts: only those "
+            "replacing a worker that crashed, hung (no heartbeat for --worker-timeout) or "
+            "failed to boot; recycling, reloads and scale-down are not restarts. Restarts "
+            "should stay at zero; 3 in 15 minutes fire SocketserverWorkersRestarting.",
+            [target(f"sum by (instance) (rate({workers('starts_total')}[{RATE}]))",
+                    "{{instance}} starts"),
+             target(f"sum by (instance) (rate({workers('restarts_total')}[{RATE}]))",
+                    "{{instance}} restarts")], "ops",
+            overrides=[{"matcher": {"id": "byRegexp", "options": ".* restarts"},
+                        "properties": [{"id": "color",
+                                        "value": {"mode": "fixed", "fixedColor": "red"}}]}]),
+        timeseries(
+            "Worker exits by cause", "Worker processes that exited per second, by why. "
+            "Planned: shutdown (drain after SIGTERM), reload (SIGHUP), scale_down (SIGTTOU), "
+            "max_requests (recycled). Failures, each replaced (a restart): crash (killed by "
+            "a signal or a non-zero status: segfault, OOM killer, kill -9; log line 'worker "
+            "died'), timeout (no heartbeat for --worker-timeout: aborted, every thread's "
+            "stack in the log line 'worker aborted'), boot_failure (died while booting; "
+            "'worker failed to boot' has the error). exit: left with status 0 unasked "
+            "(someone else sent it SIGTERM).",
+            [target(f"sum by (cause) (rate({workers('exits_total')}[{RATE}]))", "{{cause}}")],
+            "ops", stack=True),
+        timeseries(
+            "Oldest worker heartbeat", "Per instance, seconds since the worker that beat "
+            "least recently last beat. Workers beat every poll interval (0.5 s), so this "
+            "stays near it, except that a sync worker (no --threads) does not beat while it "
+            "runs one request or holds an idle connection: then it shows how long that has "
+            f"lasted. At --worker-timeout (default {WORKER_TIMEOUT} s, red line) the "
+            "supervisor aborts the worker (stacks in the log line 'worker aborted') and "
+            f"replaces it, so the line drops. Above {WORKER_HUNG} s (orange line) for a "
+            "minute fires SocketserverWorkerHung: a worker the supervisor did not replace "
+            "(timeout off or raised, or the kill failed).",
+            [target(f"max by (instance) ({workers('heartbeat_age_seconds')})",
+                    "{{instance}}")], "s", size=(16, 8),
+            thresholds=((None, "green"), (WORKER_HUNG, "orange"), (WORKER_TIMEOUT, "red"))),
+        stat("Ready workers", "The fewest ready (serving) workers on any selected pre-fork "
+             "instance. 0 (red): that instance accepts connections nobody serves and its "
+             "/readyz fails (it needs --min-workers ready); SocketserverNoReadyWorkers fires "
+             "after 2 minutes. Below --workers: workers are booting, crashing or being "
+             "replaced.",
+             [target(f"min({ready})", "ready")],
+             "short", size=(4, 8), decimals=0, steps=((None, "red"), (1, "green"))),
+        stat("Worker restarts", "Workers restarted in the time range, all selected "
+             "instances: replacements of workers that crashed, hung or failed to boot "
+             "(recycling, reloads and scale-down excluded). Anything above 0 is worth a "
+             "look at 'Worker exits by cause' and the supervisor's error log lines.",
+             [target(f"sum(increase({workers('restarts_total')}[{RANGE}]))", "restarts",
+                     instant=True)], "short", size=(4, 8), decimals=0,
+             steps=((None, "green"), (1, "orange"))),
+    )  # fmt: skip
+
+
 def _lifecycle_row(layout: Layout) -> None:
     draining = f'socketserver_lifecycle_state{{{SEL}, state="draining"}}'
     layout.row(
@@ -391,15 +479,16 @@ def _process_row(layout: Layout) -> None:
     layout.row(
         "Process",
         timeseries(
-            "CPU", "CPU time per second (1 = one core): the server process, and its "
-            "forked children that have exited (fork mode).",
+            "CPU", "CPU time per second (1 = one core): the server process (pre-fork: the "
+            "supervisor), and its forked children that have exited (fork mode's request "
+            "children, pre-fork workers once they exit; live workers are not counted).",
             [target(f"sum by (instance) (rate(process_cpu_seconds_total{{{PROC}}}[{RATE}]))",
                     "{{instance}}"),
              target(f"sum by (instance) (rate(process_children_cpu_seconds_total{{{PROC}}}"
                     f"[{RATE}]))", "{{instance}} children")], "percentunit"),
         timeseries(
-            "Memory", "Resident memory of the server process and (fork mode) of its live "
-            "children, summed; virtual memory dashed.",
+            "Memory", "Resident memory of the server process and of its live children (fork "
+            "mode's request children, pre-fork workers), summed; virtual memory dashed.",
             [target(f"sum by (instance) (process_resident_memory_bytes{{{PROC}}})",
                     "{{instance}} resident"),
              target(f"sum by (instance) (process_children_resident_memory_bytes{{{PROC}}})",
@@ -427,7 +516,8 @@ def _process_row(layout: Layout) -> None:
             [target(f"sum by (instance, kind) (rate(process_context_switches_total{{{PROC}}}"
                     f"[{RATE}]))", "{{instance}} {{kind}}")], "ops"),
         timeseries(
-            "Forked children", "Live forked children (fork mode; 0 in thread mode).",
+            "Forked children", "Live forked children: request children in fork mode, worker "
+            "processes in pre-fork mode; 0 in thread mode.",
             [target(f"sum by (instance) (process_children{{{PROC}}})", "{{instance}}")],
             "short"),
     )  # fmt: skip
@@ -484,13 +574,14 @@ def overview() -> Json:
     _red_row(layout)
     _hooks_row(layout)
     _pool_row(layout)
+    _prefork_row(layout)
     _lifecycle_row(layout)
     _process_row(layout)
     return {
         "uid": "socketserver-runtime-overview",
         "title": "socketserver-runtime / Overview",
-        "description": "Requests, socketserver hooks, pool saturation, lifecycle and process "
-        "metrics of servers run by socketserver-runtime.",
+        "description": "Requests, socketserver hooks, pool saturation, pre-fork workers, "
+        "lifecycle and process metrics of servers run by socketserver-runtime.",
         "tags": ["socketserver-runtime", "python"],
         "schemaVersion": 39,
         "version": 1,

@@ -1,12 +1,14 @@
 """The Grafana dashboards: generated, portable, and built only from metrics the runtime exposes.
 
 No Prometheus here (tests/test_prometheus_integration.py runs every query for real); the
-metric names come from the /metrics page of a real demo server in thread and fork mode.
+metric names come from the /metrics page of a real demo server in thread, fork and pre-fork
+mode.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ from _monitoring import (
     variable_query,
     variables,
 )
-from _proc import RuntimeProcess
+from _proc import RuntimeProcess, poll
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,21 +39,47 @@ generate = load_module(DASHBOARDS / "generate.py")
 
 
 @pytest.fixture(scope="module")
-def exposed() -> Iterator[tuple[set[str], set[str]]]:
-    """``(families, series names)`` of the demo's /metrics, thread and fork mode together."""
-    families: set[str] = set()
-    series: set[str] = set()
-    for mode in ("thread", "fork"):
-        server = RuntimeProcess("echo", "--mode", mode, "--drain-delay", "0")
+def pages() -> Iterator[list[str]]:
+    """The demo's /metrics in thread, fork and pre-fork mode (the supervisor's own families)."""
+    texts = []
+    for mode in ("thread", "fork", "prefork"):
+        extra = ("--workers", "1") if mode == "prefork" else ()
+        server = RuntimeProcess("echo", "--mode", mode, *extra, "--drain-delay", "0")
         try:
+            # Pre-fork: once a worker is ready, its heartbeat series exists too.
+            poll(server.ready, timeout=15, what=f"{mode} server ready")
             status, _, text = server.get("/metrics")
             assert status == 200
+            server.signal(signal.SIGTERM)  # the supervisor takes its workers down with it
+            server.wait(timeout=15)
         finally:
             server.close()
+        texts.append(text)
+    yield texts
+
+
+@pytest.fixture(scope="module")
+def exposed(pages: list[str]) -> tuple[set[str], set[str]]:
+    """``(families, series names)`` of the demo's /metrics, every mode together."""
+    families: set[str] = set()
+    series: set[str] = set()
+    for text in pages:
         f, s = exposed_names(text)
         families |= f
         series |= s
-    yield families, series
+    return families, series
+
+
+@pytest.fixture(scope="module")
+def server_labelled(pages: list[str]) -> dict[str, bool]:
+    """Series name -> whether its samples carry a ``server`` label (seen samples only)."""
+    labelled: dict[str, bool] = {}
+    for text in pages:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                carries = "server" in sample.labels
+                assert labelled.setdefault(sample.name, carries) == carries, sample.name
+    return labelled
 
 
 def test_committed_dashboards_are_what_generate_py_writes(tmp_path: Path) -> None:
@@ -154,18 +183,47 @@ def test_layout_has_unique_ids_and_no_overlap(name: str) -> None:
                 assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
                 cells[(x, y)] = panel["title"]
     rows = [p["title"] for p in items if p["type"] == "row"]
-    for wanted in ("Requests", "hooks", "Pool", "Lifecycle", "Process"):
+    for wanted in ("Requests", "hooks", "Pool", "Pre-fork", "Lifecycle", "Process"):
         assert any(wanted in row for row in rows), f"no row about {wanted}: {rows}"
 
 
-def test_every_query_filters_by_server_and_instance() -> None:
+def test_every_query_filters_by_server_and_instance(server_labelled: dict[str, bool]) -> None:
+    """$instance everywhere; $server on every series that has a server label, and on no other
+    (process_*, build_info, the pre-fork supervisor's worker_* families): a server matcher
+    there would select nothing once a server is chosen."""
+    assert server_labelled["socketserver_requests_total"]
+    assert not server_labelled["socketserver_worker_restarts_total"]
     for query in all_queries():
         found = selectors(query.expr)
         assert found, f"no braced selector in {query}"
         for metric, matchers in found:
             assert 'instance=~"$instance"' in matchers, f"{metric} unfiltered in {query}"
-            if metric.startswith("socketserver_") and metric != "socketserver_build_info":
+            has_server = server_labelled.get(metric)
+            if has_server is None:  # no sample seen (a labelled counter still at zero)
+                has_server = metric.startswith("socketserver_")
+            if has_server:
                 assert 'server=~"$server"' in matchers, f"{metric} unfiltered in {query}"
+            else:
+                assert "server" not in re.sub(r'"[^"]*"', "", matchers), (
+                    f"{metric} has no server label, but {query} matches one"
+                )
+
+
+def test_worker_heartbeat_panel_marks_the_alert_and_the_default_timeout() -> None:
+    from runtime.config import Settings
+
+    hung_after, timeout = generate.WORKER_HUNG, generate.WORKER_TIMEOUT
+    assert Settings().worker_timeout == timeout
+    (hung,) = [rule for rule in rules() if rule.get("alert") == "SocketserverWorkerHung"]
+    assert hung["expr"].strip() == f"socketserver_worker_heartbeat_age_seconds > {hung_after}"
+    (panel,) = [
+        p for d in dashboards().values() for p in panels(d)
+        if "socketserver_worker_heartbeat_age_seconds" in p["targets"][0]["expr"]
+    ]  # fmt: skip
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [step["value"] for step in steps] == [None, hung_after, timeout]
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed"
+    assert f"{timeout} s" in panel["description"]
 
 
 def _used_by_dashboards() -> dict[str, list[str]]:

@@ -1,15 +1,19 @@
 """Dashboards and rules against a real Prometheus scraping real servers.
 
-Two demo servers named "echo" (two instances of one service): one in thread mode with a
-single worker and the reject policy (so requests get rejected) and a 6 s drain delay, one
-in fork mode (so the fork-only series exist). Both trace (exemplars). A real Prometheus
-(scrape and rule evaluation every second, exemplar storage on) scrapes their admin ports
-and evaluates deploy/prometheus/rules.yml. Traffic: ok requests, handler errors, overload
-rejections, then SIGTERM to the thread server and its drain. Then EVERY dashboard query
-(template variables substituted as Grafana would) and EVERY recording rule must evaluate
-without error and return at least one finite sample; the template-variable queries must
-list both instances; exemplars must reach Prometheus; every rule must evaluate healthy;
-three alerts must go pending on the real series (error ratio, drain, target down).
+Three demo servers named "echo" (three instances of one service): one in thread mode with
+a single worker and the reject policy (so requests get rejected) and a 6 s drain delay, one
+in fork mode (so the fork-only series exist), one in pre-fork mode with two sync workers
+(so the supervisor's socketserver_worker_* series exist). All trace (exemplars: thread and
+fork). A real Prometheus (scrape and rule evaluation every second, exemplar storage on)
+scrapes their admin ports and evaluates deploy/prometheus/rules.yml. One pre-fork worker
+is held by an open connection throughout (a sync worker does not beat meanwhile); the other
+is killed with SIGKILL three times once Prometheus has scraped (each replaced: restarts).
+Traffic: ok requests, handler errors, overload rejections, then SIGTERM to the thread
+server and its drain. Then EVERY dashboard query (template variables substituted as Grafana
+would) and EVERY recording rule must evaluate without error and return at least one finite
+sample; the template-variable queries must list every instance; exemplars must reach
+Prometheus; every rule must evaluate healthy; five alerts must go pending or fire on the
+real series (error ratio, drain, target down, worker restarts, hung worker).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from _monitoring import (
@@ -47,6 +52,7 @@ from _monitoring import (
     variables,
 )
 from _proc import ROOT, env, poll
+from prometheus_client.parser import text_string_to_metric_families
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS", "prometheus")
 pytestmark = [
@@ -58,6 +64,8 @@ pytestmark = [
 ]
 
 DRAIN_DELAY = 6.0
+#: SocketserverWorkerHung's threshold: a worker silent longer than this goes pending.
+HUNG_AFTER = 10.0
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -109,9 +117,24 @@ class Server:
         self.admin = admin.group(1)
         return True
 
+    def metrics(self) -> dict[str, float]:
+        """One read of the admin port's /metrics: sample name and labels -> value."""
+        with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            # Stop now; SIGKILL would leave a pre-fork supervisor's workers and folder behind.
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait(timeout=10)
 
 
@@ -249,11 +272,42 @@ def hold_and_reject(server: Server, count: int) -> None:
         holder.close()
 
 
+def kill_workers(server: Server, count: int, spare: socket.socket) -> None:
+    """SIGKILL *count* ready pre-fork workers one after another, each after the last's
+    replacement is ready (the supervisor counts each as a restart); never the worker that
+    holds *spare*'s connection."""
+    peer = spare.getsockname()
+    for restarts in range(count):
+
+        def replaced(restarts: int = restarts) -> bool:
+            # One read: the killed worker counts as ready until it is reaped (a restart).
+            now = server.metrics()
+            return (now["socketserver_worker_restarts_total{}"] == restarts
+                    and now['socketserver_worker_processes{"state": "ready"}'] == 2)  # fmt: skip
+
+        poll(replaced, timeout=10, what=f"two ready workers after {restarts} restarts")
+        workers = psutil.Process(server.proc.pid).children()
+        assert len(workers) == 2, workers
+        idle = [w for w in workers if all(c.raddr != peer for c in w.net_connections("tcp"))]
+        assert len(idle) == 1, (workers, idle)
+        idle[0].kill()
+    poll(lambda: server.metrics()["socketserver_worker_restarts_total{}"] == count,
+         timeout=10, what=f"{count} restarts counted")  # fmt: skip
+
+
+def hold_worker(server: Server) -> socket.socket:
+    """A connection a pre-fork sync worker has taken (it echoed) and keeps: no heartbeats."""
+    holder = socket.create_connection(server.address, timeout=5)
+    holder.sendall(b"hold\n")
+    assert holder.recv(16) == b"hold\n"
+    return holder
+
+
 # -- the test --------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server]]:
+def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server, Server]]:
     started: list[Server] = []
     prometheus: Prometheus | None = None
     try:
@@ -277,8 +331,13 @@ def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server]]:
         fork = Server.start(tmp_path, "fork", "--mode", "fork", "--max-children", "4",
                             "--drain-delay", "0")  # fmt: skip
         started.append(fork)
-        prometheus = start_prometheus(tmp_path, write_config(tmp_path, [thread.admin, fork.admin]))
-        yield prometheus, thread, fork
+        # --worker-timeout well above the test's length: the held worker must not be aborted.
+        prefork = Server.start(tmp_path, "prefork", "--mode", "prefork", "--workers", "2",
+                               "--worker-timeout", "120", "--drain-delay", "0")  # fmt: skip
+        started.append(prefork)
+        admins = [thread.admin, fork.admin, prefork.admin]
+        prometheus = start_prometheus(tmp_path, write_config(tmp_path, admins))
+        yield prometheus, thread, fork, prefork
     finally:
         if prometheus is not None:
             prometheus.proc.kill()
@@ -315,23 +374,29 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 
 def test_every_dashboard_query_and_recording_rule_returns_data(
-    stack: tuple[Prometheus, Server, Server],
+    stack: tuple[Prometheus, Server, Server, Server],
 ) -> None:
-    prometheus, thread, fork = stack
-    instances = f"({thread.admin}|{fork.admin})"
+    prometheus, thread, fork, prefork = stack
+    admins = sorted([thread.admin, fork.admin, prefork.admin])
+    instances = f"({'|'.join(admins)})"
     started = time.time()
+    # A pre-fork worker held from now on (the supervisor reports its heartbeat's age).
+    holder = hold_worker(prefork)
+    held_at = time.monotonic()
 
-    # 1. Both targets scraped.
-    def both_up() -> bool:
+    # 1. Every target scraped.
+    def all_up() -> bool:
         targets = prometheus.get("/api/v1/targets")["data"]["activeTargets"]
-        return sorted(t["labels"]["instance"] for t in targets if t["health"] == "up") == sorted(
-            [thread.admin, fork.admin]
-        )
+        return sorted(t["labels"]["instance"] for t in targets if t["health"] == "up") == admins
 
-    poll(both_up, timeout=20, what="both targets up")
+    poll(all_up, timeout=20, what="every target up")
 
-    # 2. Traffic: ok, errors (both servers), overload rejections (thread server).
-    traffic = Traffic([thread, fork])
+    # 2. Pre-fork: three workers killed and replaced, once Prometheus has seen none (the
+    # alert's increase() needs the counter's earlier value); not the held one.
+    kill_workers(prefork, 3, holder)
+
+    # 3. Traffic: ok, errors (every server), overload rejections (thread server).
+    traffic = Traffic([thread, fork, prefork])
     driver = threading.Thread(target=traffic.run, name="traffic", daemon=True)
     driver.start()
     try:
@@ -342,15 +407,18 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
                  ' and sum by (instance) (socketserver_children_reaped_total) > 0', 15,
                  "handler errors and reaped children scraped")  # fmt: skip
         wait_alert(prometheus, "SocketserverHighErrorRatio", "pending|firing", 15, server="echo")
+        # No `for`: three restarts within 15 minutes fire at once.
+        wait_alert(prometheus, "SocketserverWorkersRestarting", "firing", 10,
+                   instance=prefork.admin)  # fmt: skip
 
-        # 3. Graceful drain of the thread server, scraped while it lasts.
+        # 4. Graceful drain of the thread server, scraped while it lasts.
         thread.proc.send_signal(signal.SIGTERM)
         draining = f'socketserver_lifecycle_state{{state="draining", instance="{thread.admin}"}}'
         wait_for(prometheus, f"sum_over_time({draining}[10s]) >= 3", DRAIN_DELAY + 2,
                  "three scrapes of the draining state")  # fmt: skip
         wait_alert(prometheus, "SocketserverDrainingTooLong", "pending", 5, instance=thread.admin)
         assert thread.proc.poll() is None, "the drain ended before it was scraped three times"
-        # Every query below is evaluated at this instant: both servers scraped, traffic
+        # Every query below is evaluated at this instant: every server scraped, traffic
         # flowing, the thread server draining.
         at = time.time() - 0.5
     finally:
@@ -364,7 +432,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
         "__range_s": "300", "__interval_ms": "1000",
     }  # fmt: skip
 
-    # 4. Every dashboard query: valid PromQL, and data (a finite value somewhere).
+    # 5. Every dashboard query: valid PromQL, and data (a finite value somewhere).
     failures = []
     queries = all_queries()
     assert len(queries) > 30
@@ -379,7 +447,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
             failures.append(f"{query}\n    only NaN/Inf: {reply['data']['result']}")
     assert not failures, "dashboard queries without data:\n" + "\n".join(failures)
 
-    # 5. Every recording rule has recorded finite data by then.
+    # 6. Every recording rule has recorded finite data by then.
     recorded = [rule["record"] for rule in rules() if "record" in rule]
     for name in recorded:
         reply = prometheus.query(name, at)
@@ -388,7 +456,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
             failures.append(f"{name}: {reply['data']['result']}")
     assert not failures, "recording rules without data:\n" + "\n".join(failures)
 
-    # 6. Template variables list the server and both instances.
+    # 7. Template variables list the server and every instance.
     for dashboard in dashboards().values():
         for name, variable in variables(dashboard).items():
             if variable["type"] != "query":
@@ -400,10 +468,10 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
             )  # fmt: skip
             assert reply["status"] == "success", (name, reply)
             listed = set(reply["data"])
-            wanted = {"echo"} if label == "server" else {thread.admin, fork.admin}
+            wanted = {"echo"} if label == "server" else set(admins)
             assert wanted <= listed, f"variable {name} lists {listed}"
 
-    # 7. Exemplars (trace ids) of the request-duration panel reach Prometheus.
+    # 8. Exemplars (trace ids) of the request-duration panel reach Prometheus.
     latency = next(q for q in queries if "socketserver_request_duration_seconds_bucket"
                    in q.expr and q.target.get("exemplar"))  # fmt: skip
     reply = prometheus.get("/api/v1/query_exemplars", query=substitute(latency.expr, values),
@@ -413,7 +481,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
     assert exemplars, f"no exemplars for {latency}"
     assert all(re.fullmatch(r"[0-9a-f]{32}", e["labels"]["trace_id"]) for e in exemplars)
 
-    # 8. Every rule evaluates without error on the real series.
+    # 9. Every rule evaluates without error on the real series.
     def evaluated() -> bool:
         groups = prometheus.get("/api/v1/rules")["data"]["groups"]
         health = [(r.get("name"), r["health"], r.get("lastError")) for g in groups
@@ -424,10 +492,16 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
 
     poll(evaluated, timeout=5, what="every rule evaluated")
 
-    # 9. The drained server exits; its target goes down and the alert notices.
+    # 10. The drained server exits; its target goes down and the alert notices.
     returncode = thread.proc.wait(timeout=DRAIN_DELAY + 10)
     assert returncode == 0, thread.err.read_text()[-2000:]
     wait_alert(prometheus, "SocketserverTargetDown", "pending", 10, instance=thread.admin)
+
+    # 11. The held worker has not beaten for over 10 s: pending (for 1 minute before firing).
+    with holder:
+        deadline = held_at + HUNG_AFTER + 10  # + a scrape and an evaluation, with margin
+        wait_alert(prometheus, "SocketserverWorkerHung", "pending",
+                   deadline - time.monotonic(), instance=prefork.admin)  # fmt: skip
     assert time.time() - started < 60
 
 

@@ -93,6 +93,7 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         "SocketserverTargetDown", "SocketserverRestarting", "SocketserverHighErrorRatio",
         "SocketserverLatencySLOBurn", "SocketserverPoolSaturated", "SocketserverQueueWaitHigh",
         "SocketserverRequestsRejected", "SocketserverDrainingTooLong",
+        "SocketserverWorkersRestarting", "SocketserverWorkerHung", "SocketserverNoReadyWorkers",
     } <= names  # fmt: skip
     for rule in _alerts():
         name = rule["alert"]
