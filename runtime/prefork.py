@@ -45,6 +45,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -187,6 +188,28 @@ class Prefork:
         self._listener_closed = False
         self._gave_up = ""
         self.registry = self._registry()
+        self._capped: tuple[float | None, float] | None = None
+        self._cap_connection_timeout()
+
+    def _cap_connection_timeout(self) -> None:
+        """Sync workers: an idle connection must not outlast the worker timeout.
+
+        A sync worker waiting for a client's next bytes does not beat its
+        heartbeat; with an idle timeout above ``worker_timeout`` one idle client
+        would get a healthy worker aborted as hung.  So it is at most half.
+        """
+        from .pools import ThreadingMixIn
+
+        server = self.server
+        if self.worker_timeout <= 0 or isinstance(server, ThreadingMixIn):
+            return
+        if getattr(server, "socket_type", None) != socket.SOCK_STREAM:
+            return
+        limit = self.worker_timeout / 2
+        current = getattr(server, "connection_timeout", None)
+        if current is None or current > limit:
+            server.connection_timeout = limit
+            self._capped = (current, limit)
 
     # -- what the admin port reads --------------------------------------------------
 
@@ -327,6 +350,12 @@ class Prefork:
             "prefork", workers=self.target, max_workers=self.max_workers,
             min_workers=self.min_workers, metrics_dir=self.metrics_dir, pid=os.getpid(),
         )  # fmt: skip
+        if self._capped is not None:
+            self.logger.info(
+                "connection timeout lowered: a sync worker waiting on an idle connection "
+                "does not heartbeat", connection_timeout=self._capped[1],
+                requested=self._capped[0], worker_timeout=self.worker_timeout,
+            )  # fmt: skip
         try:
             with capture_signals(self._on_signal, _SUPERVISOR_SIGNALS):
                 self.lifecycle.to(State.SERVING)

@@ -526,3 +526,24 @@ def test_slot_table_reads_never_see_a_half_written_heartbeat() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert written > 1000  # the writer really ran alongside
     assert oldest >= start, f"a heartbeat read as {oldest} (start {start}) in {reads} reads"
+
+
+def test_an_idle_client_does_not_get_a_sync_worker_aborted_as_hung(
+    started: list[RuntimeProcess],
+) -> None:
+    """A sync worker waiting on an idle connection does not beat: its idle limit stays below."""
+    rt = prefork(started, "echo", "--workers", "1", "--worker-timeout", "2",
+                 "--connection-timeout", "60")  # fmt: skip
+    idle = socket.create_connection(rt.address, timeout=20)
+    with idle:
+        idle.settimeout(20)
+        assert idle.recv(1) == b""  # closed by the worker after 1 s (half the worker timeout)
+    assert ask(rt.address) == b"hi\n"  # and the same worker serves on
+    assert rt.metric("socketserver_worker_restarts_total") == 0
+    assert rt.metric("socketserver_worker_exits_total", cause="timeout") == 0
+    rt.signal(signal.SIGTERM)
+    code, err = rt.wait()
+    assert code == 0, err
+    (capped,) = [x for x in log_lines(err)
+                 if str(x.get("event", "")).startswith("connection timeout")]  # fmt: skip
+    assert (capped["connection_timeout"], capped["requested"]) == (1.0, 60.0)
