@@ -79,7 +79,19 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     server_version = "socketserver-runtime-admin"
 
+    _replied = False
+
     def do_GET(self) -> None:
+        try:
+            self._route()
+        except Exception as exc:
+            # A scrape that fails says so (Prometheus shows the status); the
+            # traceback goes to the log through handle_error.
+            if not self._replied:
+                self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
+            raise
+
+    def _route(self) -> None:
         admin: AdminServer = self.server.admin  # type: ignore[attr-defined]
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
@@ -130,6 +142,7 @@ class _AdminHandler(http.server.BaseHTTPRequestHandler):
     def _reply(
         self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
     ) -> None:
+        self._replied = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

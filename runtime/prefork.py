@@ -40,6 +40,7 @@ flight and pool state; the supervisor turns it into the core's gauges.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import selectors
@@ -267,13 +268,12 @@ class Prefork:
 
     def _registry(self) -> Any:
         from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         from .telemetry.metrics import build_info
         from .telemetry.process import ProcessCollector
 
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        registry.register(_WorkerFiles(self.metrics_dir))
         registry.register(_PoolCollector(self))
         registry.register(ProcessCollector(self.worker_pids))
         build_info(registry, self.prefix)
@@ -653,6 +653,32 @@ def _remove_stale_dirs() -> None:
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
         except PermissionError:
             pass  # alive, someone else's
+
+
+class _WorkerFiles:
+    """prometheus-client's multiprocess collector over the workers' files, minus files being born.
+
+    A booting worker creates its file empty and then sizes it; prometheus-client
+    fails the whole scrape on a file read in between (``unpack_from requires a
+    buffer of at least 4 bytes``).  Such a file holds no value yet: skip it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(name).st_size >= 8:  # the used-bytes header is there
+                    files.append(name)
+        merged: Iterable[Any] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
 
 
 class _PoolCollector:

@@ -180,3 +180,25 @@ def test_a_peer_hanging_up_is_not_logged_as_an_admin_error() -> None:
         server.server_close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and "a real bug" in lines[0]
+
+
+def test_a_failing_scrape_answers_500_with_the_error() -> None:
+    """A collector that raises: the scraper gets a status and a reason, not a closed connection."""
+
+    def broken(accept: str) -> tuple[bytes, str]:
+        raise RuntimeError("a collector failed")
+
+    server = runtime.TCPServer(("127.0.0.1", 0), Echo)
+    lifecycle = Runtime(server, handle_signals=False).lifecycle
+    admin = AdminServer(("127.0.0.1", 0), lifecycle=lifecycle, render_metrics=broken)
+    admin.start()
+    try:
+        conn = http.client.HTTPConnection(*admin.address, timeout=5)
+        conn.request("GET", "/metrics")
+        reply = conn.getresponse()
+        assert reply.status == 500
+        assert b"RuntimeError: a collector failed" in reply.read()
+        conn.close()
+    finally:
+        admin.close()
+        server.server_close()

@@ -547,3 +547,16 @@ def test_an_idle_client_does_not_get_a_sync_worker_aborted_as_hung(
     (capped,) = [x for x in log_lines(err)
                  if str(x.get("event", "")).startswith("connection timeout")]  # fmt: skip
     assert (capped["connection_timeout"], capped["requested"]) == (1.0, 60.0)
+
+
+def test_a_scrape_while_a_worker_creates_its_metric_file_succeeds(
+    started: list[RuntimeProcess],
+) -> None:
+    """A booting worker's file is empty for a moment; prometheus-client failed the scrape on it."""
+    rt = prefork(started, "echo", "--workers", "1", "--log-format", "json")
+    assert ask(rt.address) == b"hi\n"
+    (start,) = [x for x in log_lines("".join(rt.stderr_lines())) if x.get("event") == "prefork"]
+    being_born = Path(str(start["metrics_dir"])) / "counter_w7.db"
+    being_born.touch()  # as prometheus-client's open(..., "a+b") leaves it before sizing it
+    poll(lambda: rt.metric("socketserver_requests_total") == 1, what="the request counted")
+    assert rt.get("/metrics")[0] == 200
