@@ -423,9 +423,9 @@ def test_readiness_needs_the_minimum_workers(started: list[RuntimeProcess]) -> N
 def test_reuse_port_workers_serve_and_drain(started: list[RuntimeProcess]) -> None:
     rt = prefork(started, "handlers:HoldHandler", "--workers", "2", "--reuse-port")
     poll(lambda: ready_workers(rt) == 2, what="two workers")
-    # The kernel spreads connections over the workers' own listeners; with six, both
-    # sync workers hold one (all six on one: 1 in 32) and the rest wait in their queues.
-    held = [socket.create_connection(rt.address, timeout=10) for _ in range(6)]
+    # The kernel hashes connections over the workers' own listeners; with sixteen, both
+    # sync workers hold one (all on one worker: 1 in 32,768) and the rest wait in their queues.
+    held = [socket.create_connection(rt.address, timeout=10) for _ in range(16)]
     for sock in held:
         sock.sendall(b"hold\n")
     poll(lambda: rt.metric("socketserver_workers", state="busy") == 2, what="both workers busy")
