@@ -272,7 +272,11 @@ def test_prefork_page_shows_the_pool_its_workers_and_their_summed_totals(browser
         def doc() -> dict[str, Any]:
             return dict(json.loads(rt.get("/status.json")[2]))
 
-        poll(lambda: doc()["totals"]["requests"] == 5, what="the workers' requests summed")
+        def counted(status: dict[str, Any]) -> bool:  # the counters, then each worker's own count
+            return bool(status["totals"]["requests"] == 5
+                        and sum(w["handled"] for w in status.get("workers", [])) == 5)  # fmt: skip
+
+        poll(lambda: counted(doc()), what="the workers' requests summed")
         status = doc()
         assert status["totals"]["ok"] == 4 and status["totals"]["error"] == 1
         assert status["servers"][0]["mode"] == "prefork"
