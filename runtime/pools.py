@@ -260,22 +260,10 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             )
         return pool
 
-    def _handle_request_noblock(self) -> int:
-        if not self.accept_when_busy and not self._rt_get_pool().wait_for_worker(0.2):
-            return 0  # taken none: the serving loop turns (ticks, heartbeat) and looks again
-        taken: int = super()._handle_request_noblock()  # type: ignore[misc]
-        return taken
-
-    def _rt_accept_batch(self, limit: int) -> None:
-        if self.accept_when_busy:
-            super()._rt_accept_batch(limit)  # type: ignore[misc]
-            return
-        pool = self._rt_get_pool()
-        for i in range(limit):  # the first waits a little for a thread, the rest not at all
-            if not pool.wait_for_worker(0.2 if i == 0 else 0.0):
-                return
-            if self._rt_accept_one() != 1 or self._rt_woken:  # type: ignore[attr-defined]
-                return
+    def _rt_room(self, wait: float) -> bool:
+        # Without accept_when_busy, a connection is taken only when a thread is free;
+        # otherwise the serving loop turns (ticks, heartbeat) and looks again.
+        return self.accept_when_busy or self._rt_get_pool().wait_for_worker(wait)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a worker thread (or wait, or reject, when full)."""

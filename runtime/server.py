@@ -290,12 +290,18 @@ class InstrumentedMixIn:
                         return
 
     def _rt_accept_batch(self, limit: int) -> None:
-        for _ in range(limit):
-            if self._handle_request_noblock() != _TAKEN or self._rt_woken:
-                return  # empty, full, failing, or woken (a signal, shutdown()): turn now
+        for i in range(limit):  # the first may wait a little for room, the rest not at all
+            if not self._rt_room(0.2 if i == 0 else 0.0):
+                return
+            if self._rt_accept_one() != _TAKEN or self._rt_woken:
+                return  # empty, failing, or woken (a signal, shutdown()): turn now
+
+    def _rt_room(self, wait: float) -> bool:
+        """Whether to take a connection now (pools that take only when free say no)."""
+        return True
 
     def _handle_request_noblock(self) -> int:
-        return self._rt_accept_one()
+        return self._rt_accept_one() if self._rt_room(0.2) else _EMPTY
 
     def _rt_accept_one(self) -> int:
         """Take one connection or datagram through the hook chain.
