@@ -6,6 +6,7 @@ Server processes and ``/proc`` accounting are in ``_proc.py``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -21,6 +22,25 @@ ROOT = BENCH.parent
 LOADGEN_SRC = BENCH / "loadgen.c"
 LOADGEN = BENCH / "build" / "loadgen"
 RESULTS = BENCH / "results"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, servers: Sequence[str]) -> None:
+    """The options every benchmark command takes: runs, pinning, noise, where results go."""
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--servers", default=",".join(servers), help="comma-separated names")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds, per scenario")
+    parser.add_argument("--timeout", type=float, default=2.0, help="reply time-out, seconds")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--loadgen-cpu", type=int, default=1)
+    parser.add_argument(
+        "--noise-limit",
+        type=float,
+        default=0.10,
+        help="a run whose server CPU was busier than this share with other work is repeated",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="repeats of a noisy run")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where JSON goes")
 
 
 class HarnessError(Exception):

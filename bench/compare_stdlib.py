@@ -40,8 +40,8 @@ from typing import Any
 from _harness import (
     BENCH,
     LOADGEN,
-    RESULTS,
     HarnessError,
+    add_run_arguments,
     build_loadgen,
     environment,
     median,
@@ -357,22 +357,8 @@ def write_results(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
-    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    add_run_arguments(parser, list(SERVERS))
     parser.add_argument("--clients", default="8,64", help="comma-separated client counts")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds, per scenario")
-    parser.add_argument("--timeout", type=float, default=2.0, help="reply time-out, seconds")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--loadgen-cpu", type=int, default=1)
-    parser.add_argument(
-        "--noise-limit",
-        type=float,
-        default=0.10,
-        help="a run whose server CPU was busier than this share with other work is repeated",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="repeats of a noisy run")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where JSON goes")
     parser.add_argument(
         "--smoke", action="store_true", help="one ~1 s run per scenario; fail on zero requests"
     )

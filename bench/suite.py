@@ -58,8 +58,8 @@ import prefork_servers
 from _harness import (
     BENCH,
     LOADGEN,
-    RESULTS,
     HarnessError,
+    add_run_arguments,
     build_loadgen,
     environment,
     percent_text,
@@ -433,25 +433,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
-    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    add_run_arguments(parser, list(BY_NAME))
     parser.add_argument("--clients", default=None, help="TCP client counts (default 8,64,512)")
     parser.add_argument("--http-connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
-    parser.add_argument("--servers", default=",".join(BY_NAME), help="comma-separated names")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds, per scenario")
-    parser.add_argument("--timeout", type=float, default=2.0, help="reply time-out, seconds")
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--loadgen-cpu", type=int, default=1)
     parser.add_argument("--sample-interval", type=float, default=0.1, help="seconds")
-    parser.add_argument(
-        "--noise-limit",
-        type=float,
-        default=0.10,
-        help="a run whose server CPU was busier than this share with other work is repeated",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="repeats of a noisy run")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where JSON goes")
     parser.add_argument(
         "--smoke", action="store_true", help="~1 s per run, one run; every server and scenario"
     )
