@@ -13,9 +13,9 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -41,6 +41,40 @@ def add_run_arguments(parser: argparse.ArgumentParser, servers: Sequence[str]) -
     )
     parser.add_argument("--retries", type=int, default=2, help="repeats of a noisy run")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where JSON goes")
+
+
+class _Measured(Protocol):
+    @property
+    def other_cpu_seconds(self) -> float | None: ...
+
+    def share(self, cpu_seconds: float | None) -> float: ...
+
+
+S = TypeVar("S", bound=_Measured)
+
+
+def measure_quietly(
+    take: Callable[[], S],
+    describe: Callable[[S, float], str],
+    *,
+    noise_limit: float,
+    retries: int,
+) -> tuple[S, list[S]]:
+    """One sample from *take*, taken again (up to *retries* times) while other work on
+    the server's CPU exceeded *noise_limit*; returns it and the discarded ones.
+
+    Each sample is printed to stderr as *describe(sample, other_share)*.
+    """
+    discarded: list[S] = []
+    while True:
+        sample = take()
+        other = sample.share(sample.other_cpu_seconds)
+        retry = other > noise_limit and len(discarded) < retries
+        print(describe(sample, other) + (" (noisy: discarded, again)" if retry else ""),
+              file=sys.stderr, flush=True)  # fmt: skip
+        if not retry:
+            return sample, discarded
+        discarded.append(sample)
 
 
 class HarnessError(Exception):

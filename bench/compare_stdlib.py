@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _harness
 from _harness import (
     BENCH,
     LOADGEN,
@@ -246,24 +247,19 @@ def measure_quietly(
     round_: int,
     cpus: tuple[int | None, int | None],
 ) -> tuple[Sample, list[Sample]]:
-    """One sample, repeated (up to ``--retries`` times) while other work on the
-    server's CPU exceeded ``--noise-limit``; returns it and the discarded ones."""
-    discarded: list[Sample] = []
-    while True:
-        sample = measure(server, clients=clients, round_=round_, duration=args.duration,
-                         timeout=args.timeout, server_cpu=cpus[0], loadgen_cpu=cpus[1])  # fmt: skip
-        other = sample.share(sample.other_cpu_seconds)
-        retry = other > args.noise_limit and len(discarded) < args.retries
-        print(
+    """One sample, taken again while the server's CPU was noisy (``--noise-limit``)."""
+
+    def describe(sample: Sample, other: float) -> str:
+        return (
             f"  {server.name:<26} clients={clients:<4} round={round_} req/s={sample.rps:9.0f} "
             f"errors={sample.errors} timeouts={sample.timeouts} other={percent_text(other)}"
-            + (" (noisy: discarded, again)" if retry else ""),
-            file=sys.stderr,
-            flush=True,
         )
-        if not retry:
-            return sample, discarded
-        discarded.append(sample)
+
+    return _harness.measure_quietly(
+        lambda: measure(server, clients=clients, round_=round_, duration=args.duration,
+                        timeout=args.timeout, server_cpu=cpus[0], loadgen_cpu=cpus[1]),
+        describe, noise_limit=args.noise_limit, retries=args.retries,
+    )  # fmt: skip
 
 
 # -- reporting -------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import _harness
 import prefork_servers
 from _harness import (
     BENCH,
@@ -302,26 +303,21 @@ def measure_quietly(
     round_: int,
     cpus: tuple[int | None, int | None],
 ) -> tuple[Sample, list[Sample]]:
-    """One sample, repeated (up to ``--retries`` times) while other work on the
-    server's CPU exceeded ``--noise-limit``; returns it and the discarded ones."""
-    discarded: list[Sample] = []
-    while True:
-        sample = measure(server, args, scenario=scenario, clients=clients, round_=round_,
-                         duration=args.duration, cpus=cpus)  # fmt: skip
-        other = sample.share(sample.other_cpu_seconds)
-        retry = other > args.noise_limit and len(discarded) < args.retries
-        print(
+    """One sample, taken again while the server's CPU was noisy (``--noise-limit``)."""
+
+    def describe(sample: Sample, other: float) -> str:
+        return (
             f"  {scenario:<9} {server.name:<30} clients={clients:<4} round={round_} "
             f"req/s={sample.rps:9.0f} errors={sample.errors} timeouts={sample.timeouts}"
             + (f" starved={sample.starved}" if sample.starved is not None else "")
             + f" other={percent_text(other)}"
-            + (" (noisy: discarded, again)" if retry else ""),
-            file=sys.stderr,
-            flush=True,
         )
-        if not retry:
-            return sample, discarded
-        discarded.append(sample)
+
+    return _harness.measure_quietly(
+        lambda: measure(server, args, scenario=scenario, clients=clients, round_=round_,
+                        duration=args.duration, cpus=cpus),
+        describe, noise_limit=args.noise_limit, retries=args.retries,
+    )  # fmt: skip
 
 
 # -- the servers -------------------------------------------------------------------------
