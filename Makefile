@@ -42,17 +42,34 @@ pytest: $(STAMP) deps
 test: lint typecheck pytest
 
 # The tests again on the other supported Pythons this machine has (pyenv's), each in its
-# own venv; a version that is not installed is reported and skipped.
+# own venv. Every Python runs even when an earlier one fails; the end prints one line per
+# Python (passed / failed / not installed, skipped) and the status is non-zero if any failed.
+# COMPAT_PYTEST_ARGS narrows the run, e.g. COMPAT_PYTEST_ARGS=tests/test_cli.py.
 COMPAT_PYTHONS ?= 3.10 3.12 3.13
+COMPAT_PYTEST_ARGS ?=
 compat: deps
-	@for v in $(COMPAT_PYTHONS); do \
+	@set --; failed=0; \
+	for v in $(COMPAT_PYTHONS); do \
 		py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | sort -V | tail -n 1); \
 		[ -n "$$py" ] || py=$$(command -v python$$v || true); \
-		if [ -z "$$py" ]; then echo "compat: Python $$v not installed here, skipped"; continue; fi; \
+		if [ -z "$$py" ]; then \
+			echo "compat: Python $$v not installed here, skipped"; \
+			set -- "$$@" "Python $$v: not installed, skipped"; continue; \
+		fi; \
 		echo "compat: Python $$v ($$py)"; \
-		$$py -m venv .venv-$$v && .venv-$$v/bin/python -m pip install --quiet -e '.[dev]' \
-			&& .venv-$$v/bin/python -m pytest -q -p no:cacheprovider || exit 1; \
-	done
+		if ! { $$py -m venv .venv-$$v && .venv-$$v/bin/python -m pip install --quiet -e '.[dev]'; }; then \
+			result="failed (venv or install)"; \
+		elif ! .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_PYTEST_ARGS); then \
+			result="failed (tests)"; \
+		else \
+			result=passed; \
+		fi; \
+		case $$result in failed*) failed=1;; esac; \
+		set -- "$$@" "Python $$v ($$py): $$result"; \
+	done; \
+	echo "compat: summary"; \
+	for line in "$$@"; do echo "compat:   $$line"; done; \
+	exit $$failed
 
 bench: $(STAMP) deps
 	$(PY) bench/compare_stdlib.py

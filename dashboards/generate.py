@@ -198,6 +198,15 @@ def table(title: str, description: str, targets: Iterable[Json], size: tuple[int
     return panel
 
 
+def colours(by_name: dict[str, str]) -> list[Json]:
+    """Overrides giving each series named in *by_name* its fixed colour."""
+    return [
+        {"matcher": {"id": "byName", "options": name},
+         "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": colour}}]}
+        for name, colour in by_name.items()
+    ]  # fmt: skip
+
+
 def dashed(series: str) -> Json:
     """An override drawing the series named *series* as a dashed line, out of the stack."""
     return {
@@ -255,25 +264,41 @@ def _requests(extra: str = "") -> str:
     return f"sum(rate(socketserver_requests_total{{{matchers}}}[{RATE}]))"
 
 
+#: Outcomes the server answered or refused: the error and rejection ratios' denominator.
+#: client_closed (the peer left) and timed_out (a time limit) are neither the server's errors
+#: nor its successes; counted in, a flood of them would dilute the ratios (as in rules.yml).
+DECIDED = 'outcome=~"ok|error|rejected"'
+#: Served requests: the latency SLO's and the p99 stat's outcomes (as in rules.yml).
+SERVED = 'outcome=~"ok|error"'
+#: One colour per outcome, on every panel that shows them; the two that are not the
+#: server's doing in blues and purples, away from the error's red.
+OUTCOME_COLOURS = {"ok": "green", "error": "red", "rejected": "orange",
+                   "client_closed": "blue", "timed_out": "purple"}  # fmt: skip
+
+
 def _red_row(layout: Layout) -> None:
-    errors = _requests('outcome="error"') + " / " + _requests()
-    rejected = _requests('outcome="rejected"') + " / " + _requests()
+    errors = _requests('outcome="error"') + " / " + _requests(DECIDED)
+    rejected = _requests('outcome="rejected"') + " / " + _requests(DECIDED)
     p99 = (
         "histogram_quantile(0.99, sum by (le) (rate(socketserver_request_duration_seconds_bucket"
-        f'{{{SEL}, outcome!="rejected"}}[{RATE}])))'
+        f"{{{SEL}, {SERVED}}}[{RATE}])))"
     )
     layout.row(
         "Requests (rate, errors, duration)",
         stat("Request rate", "Requests taken per second, every outcome.",
              [target(_requests(), "requests/s")], "reqps"),
-        stat("Error ratio", "Share of requests whose handler raised (outcome=error).",
+        stat("Error ratio", "Share of the requests answered or refused whose handler raised "
+             "(outcome=error). Clients that left (client_closed) and time-outs (timed_out) "
+             "count neither way.",
              [target(errors, "errors")], "percentunit",
              steps=((None, "green"), (0.01, "orange"), (0.05, "red"))),
         stat("Rejected ratio",
-             "Share of requests refused (overload=reject with a full pool, or verify_request).",
+             "Share of the requests answered or refused that were refused (overload=reject "
+             "with a full pool, or verify_request).",
              [target(rejected, "rejected")], "percentunit",
              steps=((None, "green"), (0.001, "orange"), (0.01, "red"))),
-        stat("p99 latency", "99th percentile of the request duration (ok and error).",
+        stat("p99 latency", "99th percentile of the request duration of served requests (ok "
+             "and error), as the latency SLO counts them.",
              [target(p99, "p99")], "s",
              steps=((None, "green"), (0.1, "orange"), (0.25, "red"))),
         stat("In flight", "Requests taken and not finished, all instances.",
@@ -282,30 +307,46 @@ def _red_row(layout: Layout) -> None:
              [target(f"sum(up{{{PROC}}})", "up")], "short",
              steps=((None, "red"), (1, "green")), decimals=0),
         timeseries(
-            "Requests by outcome", "Requests per second: ok, error (the handler raised), "
-            "rejected (refused without running the handler).",
+            "Requests by outcome", "Requests per second by how they ended: ok; error (the "
+            "handler raised: the server's fault); rejected (refused without "
+            "running the handler: overload or verify_request); client_closed (the client reset "
+            "or closed the connection mid-request, like nginx's 499: logged at info, no "
+            "traceback); timed_out (a time limit ended it: --request-timeout (the watchdog), "
+            "--connection-timeout (idle) or --header-timeout (no request head in time: "
+            "slowloris)). client_closed and timed_out are not errors: they count in no error "
+            "ratio and no latency SLO; see 'Client closed and timed out'.",
             [target(f"sum by (outcome) (rate(socketserver_requests_total{{{SEL}}}[{RATE}]))",
-                    "{{outcome}}")], "reqps", stack=True),
+                    "{{outcome}}")], "reqps", stack=True, overrides=colours(OUTCOME_COLOURS)),
         timeseries(
-            "Error and rejection ratio", "Share of requests that failed in the handler, and "
-            "that were refused. The alert SocketserverHighErrorRatio fires above 5% for 5 min.",
+            "Error and rejection ratio", "Of the requests answered or refused (ok, error, "
+            "rejected), the share that failed in the handler, and that were refused. "
+            "client_closed and timed_out requests count neither way, so clients that leave or "
+            "dawdle can neither raise nor dilute these. The alert SocketserverHighErrorRatio "
+            "fires above 5% errors for 5 min.",
             [target(errors, "errors"), target(rejected, "rejected")], "percentunit",
-            max_value=1),
+            max_value=1, overrides=colours({"errors": "red", "rejected": "orange"})),
         timeseries(
             "Request duration by outcome", "p50, p90 and p99 of the time from taking a "
-            "request to its shutdown_request, per outcome. Dots are exemplars: click one to "
-            "open its trace.",
+            "request to its shutdown_request, per outcome. timed_out requests last about their "
+            "time limit and client_closed ones as long as the client stayed, so only ok and "
+            "error measure the server (the latency SLO counts only those). Dots are exemplars: "
+            "click one to open its trace.",
             quantiles("socketserver_request_duration_seconds", "outcome", "{{outcome}}",
                       (0.5, 0.9, 0.99)), "s"),
         timeseries(
             "Errors by hook and type", "Exceptions per second, by the hook that raised and "
-            "the exception class (or the signal that killed a forked child).",
+            "the exception class (or the signal that killed a forked child). Clients that "
+            "reset or closed the connection are not here (outcome client_closed); time-outs "
+            "are (e.g. handle TimeoutError). get_request OSError is accept() failing, almost "
+            "always out of file descriptors: see 'Accept failures'.",
             [target(f"sum by (hook, error_type) (rate(socketserver_errors_total{{{SEL}}}"
                     f"[{RATE}]))", "{{hook}} {{error_type}}")], "ops"),
         timeseries(
             "Slow and timed-out requests", "Requests still running after request_warn_after "
             "(logged once with their stack), and requests ended by the watchdog after "
-            "request_timeout (connection cut, or child killed), per second.",
+            "request_timeout (connection cut, or child killed), per second. The watchdog's "
+            "are some of the timed_out outcome, which also counts the idle and header time "
+            "limits.",
             [target(f"sum(rate(socketserver_requests_slow_total{{{SEL}}}[{RATE}]))", "slow"),
              target(f"sum(rate(socketserver_requests_timed_out_total{{{SEL}}}[{RATE}]))",
                     "timed out")], "reqps"),
@@ -313,6 +354,73 @@ def _red_row(layout: Layout) -> None:
             "Requests in flight", "Requests taken and not yet finished, per instance.",
             [target(f"sum by (instance) (socketserver_requests_in_flight{{{SEL}}})",
                     "{{instance}}")], "short"),
+    )  # fmt: skip
+
+
+def _faults_row(layout: Layout) -> None:
+    early = (
+        f'sum by (outcome) (rate(socketserver_requests_total{{{SEL}, outcome=~"client_closed|'
+        f'timed_out"}}[{RATE}]))\n/ ignoring (outcome) group_left () {_requests()}'
+    )
+    # Accept failures are counted only once they happen (the error_type is their label):
+    # "or on (instance) ... * 0" draws 0 for an instance that has none, instead of "No data".
+    accept = (
+        f"sum by (instance, error_type) (rate(socketserver_errors_total{{{SEL}, "
+        f'hook="get_request"}}[{RATE}]))\nor on (instance) sum by (instance) '
+        f"(socketserver_requests_in_flight{{{SEL}}}) * 0"
+    )
+    layout.row(
+        "Faults: clients, file descriptors, datagrams, telemetry",
+        timeseries(
+            "Client closed and timed out", "Share of all requests that ended early without "
+            "being the server's fault, by outcome: client_closed (the client reset or closed "
+            "the connection mid-request) and timed_out (--request-timeout, --connection-timeout "
+            "or --header-timeout ended it). A few percent of resets is normal for some clients "
+            "and load balancers. More, for a while: clients give up on a slow server (compare "
+            "'Request duration by outcome' with their time-outs), handlers hang until the "
+            "watchdog ends them ('Slow and timed-out requests'), a slowloris flood, or a limit "
+            "too tight for honest clients. Access lines carry each request's outcome; the "
+            "lines 'client closed the connection' and 'request timed out' name the hook and "
+            "the exception. Above 10% (dashed) for 15 min fires "
+            "SocketserverRequestsEndedEarly.",
+            [target(early, "{{outcome}}")], "percentunit", size=(12, 8),
+            max_value=1, overrides=colours(OUTCOME_COLOURS),
+            thresholds=((None, "green"), (0.1, "orange"))),
+        timeseries(
+            "Accept failures", "accept() (recvfrom for UDP) failing, per second, by instance "
+            "and exception class (socketserver_errors_total{hook=\"get_request\"}); 0 when "
+            "none. OSError is almost always out of file descriptors (EMFILE, ENFILE: compare "
+            "'File descriptors' in the Process row) or kernel memory (ENOBUFS, ENOMEM). The "
+            "runtime backs off (5 ms doubling to 1 s), logs 'accept failing; backing off' once "
+            "per episode and 'accepting again' with the count, and retries at once when a "
+            "connection closes; meanwhile new connections wait in the kernel's queue, a wait "
+            "no request duration includes, and /livez fails if nothing is accepted for its "
+            "liveness timeout. Fix: raise the limit (ulimit -n, the container's nofile), or "
+            "lower --max-children or --header-timeout. Failing again and again for 10 min "
+            "fires SocketserverAcceptFailing.",
+            [target(accept, "{{instance}} {{error_type}}")], "ops", size=(12, 8)),
+        timeseries(
+            "Datagrams truncated", "UDP: datagrams longer than max_packet_size, per second, "
+            "by server and instance. The handler saw only their first max_packet_size bytes "
+            "(the standard library cuts them too, silently); the log line 'datagram "
+            "truncated' (at most once a minute, with the count since the last) names a "
+            "client. Fix: raise the server class's max_packet_size (8192 by default) to the "
+            "largest datagram the protocol allows, or find the client sending oversized ones. "
+            "Always 0 for TCP and Unix stream servers.",
+            [target(f"sum by (instance, server) (rate(socketserver_datagrams_truncated_total"
+                    f"{{{SEL}}}[{RATE}]))", "{{instance}} {{server}}")], "ops", size=(12, 8)),
+        timeseries(
+            "Telemetry dropped", "Log lines and spans dropped per second, by instance and "
+            "what, rather than block serving. log_lines: stderr's reader stopped reading (a "
+            "stuck log shipper, a paused 'docker logs', a full journald); once it reads again "
+            "one warning line 'log lines dropped' gives the count. Check the log pipeline, "
+            "not the server. spans: the trace collector did not keep up (the export queue was "
+            "full), an export failed, or the flush at exit passed its deadline; check the "
+            "collector (OTEL_EXPORTER_OTLP_ENDPOINT) and its latency, or sample less "
+            "(OTEL_TRACES_SAMPLER). Pre-fork: the workers' drops, summed. Drops for 10 min "
+            "fire SocketserverTelemetryDropped.",
+            [target(f"sum by (instance, what) (rate(socketserver_telemetry_dropped_total"
+                    f"{{{PROC}}}[{RATE}]))", "{{instance}} {{what}}")], "ops", size=(12, 8)),
     )  # fmt: skip
 
 
@@ -572,6 +680,7 @@ def overview() -> Json:
     """The socketserver-runtime overview dashboard."""
     layout = Layout()
     _red_row(layout)
+    _faults_row(layout)
     _hooks_row(layout)
     _pool_row(layout)
     _prefork_row(layout)

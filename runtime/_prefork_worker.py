@@ -52,10 +52,21 @@ class Slots:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        # MAP_SHARED, page-aligned: seen after fork, every word aligned.
-        self._map = mmap.mmap(-1, max(1, count) * self._WIDTH * 8)
+        # MAP_SHARED, page-aligned: seen after fork, every word aligned.  One more
+        # word after the rows: the pool's flags (see ``draining``).
+        self._map = mmap.mmap(-1, (max(1, count) * self._WIDTH + 1) * 8)
         self._floats = memoryview(self._map).cast("d")
         self._ints = memoryview(self._map).cast("q")
+        self._flags = max(1, count) * self._WIDTH
+
+    @property
+    def draining(self) -> bool:
+        """The pool drains: workers answer HTTP with ``Connection: close`` from now on."""
+        return bool(self._ints[self._flags])
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._ints[self._flags] = int(value)
 
     def reset(self, slot: int, pid: int) -> None:
         base = slot * self._WIDTH
@@ -126,9 +137,12 @@ class WorkerProcess:
                 server, drain_delay=0.0, graceful_timeout=pool.graceful_timeout,
                 poll_interval=pool.poll_interval, logger=logger,
                 request_warn_after=pool.request_warn_after, request_timeout=pool.request_timeout,
+                flush_timeout=pool.flush_timeout,
             )  # fmt: skip
             rt.slots, rt.slot, rt.supervisor = pool.slots, self.slot, self.supervisor
             rt.own_queue = pool.reuse_port
+            rt.stall_limit = pool.worker_timeout / 2  # then its heartbeat ages worker_timeout
+            # (stalled_for() already waits out the idle limit, connection_timeout)
             self.runtime = rt
         except Exception as exc:
             logger.exception("worker failed to boot")
@@ -175,7 +189,11 @@ class WorkerProcess:
         if self.limit and self.handled >= self.limit and rt is not None and not rt.recycled:
             rt.recycled = True
             self.send("retiring", handled=self.handled)
-            rt.retire()
+            if not rt.own_queue:
+                rt.retire()  # the shared queue waits for the others meanwhile
+            # With its own (SO_REUSEPORT) listener, keep serving: the supervisor starts a
+            # replacement and, once it is ready, sends SIGHUP.  Closing first would leave
+            # the pool a listener short and refuse every connection hashed to it.
 
 
 class _WorkerRuntime(Runtime):
@@ -205,9 +223,21 @@ class _WorkerRuntime(Runtime):
 
     supervisor = 0
 
+    #: Seconds of stall (connections waiting, nothing completing or moving) after which
+    #: the worker stops beating, so the supervisor aborts (stacks logged) and replaces it.
+    stall_limit = 0.0
+
+    def _beat(self) -> None:
+        if not self.stall_limit or self.server.stalled_for() < self.stall_limit:
+            self.slots.beat(self.slot)
+
     def tick(self) -> float | None:
-        self.slots.beat(self.slot)
+        self._beat()
         self.slots.set_pool(self.slot, self.server.runtime_stats())
+        if self.slots.draining and not self.server.draining:
+            # The supervisor's drain began: keep serving, but end keep-alive
+            # connections after their responses (its drain_delay is running).
+            self.server.begin_drain()
         if os.getppid() != self.supervisor and not self.orphaned:
             # The supervisor died (SIGKILL, OOM): nobody would stop or replace us.
             self.orphaned = True
@@ -216,7 +246,7 @@ class _WorkerRuntime(Runtime):
         return super().tick()
 
     def heartbeat(self) -> None:
-        self.slots.beat(self.slot)
+        self._beat()
         super().heartbeat()
 
 
@@ -238,8 +268,8 @@ class _SlotBound:
     def __init__(self, bound: ServerTelemetry, server: Any, worker: WorkerProcess) -> None:
         for name in (
             "activate", "deactivate", "hook", "rejected", "error", "queue_wait", "child_reaped",
-            "request_slow", "request_timed_out", "state_changed", "flush", "child_begin",
-            "child_end", "child_merge",
+            "request_slow", "request_timed_out", "datagram_truncated", "state_changed", "flush",
+            "child_begin", "child_end", "child_merge",
         ):  # fmt: skip
             setattr(self, name, getattr(bound, name))
         self._started = bound.request_started

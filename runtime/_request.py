@@ -6,8 +6,10 @@ hook chain and the serving loop.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
+import select
 import socket
 import struct
 import termios
@@ -20,6 +22,7 @@ from .telemetry.api import RequestRecord
 __all__ = [
     "HANDLER_HOOKS",
     "accept_queue_length",
+    "early_end",
     "format_address",
     "handler_plan",
     "logger_enabled",
@@ -63,6 +66,8 @@ def timed_hook(
     except BaseException as exc:
         if record is not None:
             record.fail(name, exc)
+            if not record.ended:  # now, while the handler's files still point at the socket
+                record.ended = early_end(exc, record.request)
         raise
     finally:
         server._rt_timed(record, name, start, perf_counter())
@@ -123,3 +128,58 @@ def format_address(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address) if address else ""
+
+
+# The peer reset, closed or broke the connection: the client's doing, not the server's.
+_PEER_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_PEER_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN})
+_POLL_GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+
+
+def early_end(exc: BaseException | None, request: Any) -> str:
+    """Why a request that raised *exc* ended, when it was not the server's fault.
+
+    ``"client_closed"``: a reset, broken pipe or abort on the client's own
+    connection (raised by an operation on it, or the connection is gone);
+    ``"timed_out"``: a time-out raised by an operation on the client's
+    connection (its idle limit, ``connection_timeout``).  ``""`` otherwise: the
+    same exceptions raised by the handler's own connections to other services
+    are the server's errors.
+    """
+    if exc is None or isinstance(request, tuple):  # datagrams have no connection to lose
+        return ""
+    if isinstance(exc, TimeoutError):
+        return "timed_out" if _raised_on(exc, request) else ""
+    peer = isinstance(exc, _PEER_ERRORS) or (isinstance(exc, OSError) and exc.errno in _PEER_ERRNOS)
+    if peer and (_raised_on(exc, request) or _peer_gone(request)):
+        return "client_closed"
+    return ""
+
+
+def _raised_on(exc: BaseException, request: Any) -> bool:
+    """Whether the innermost frame of *exc* was operating on *request* (or its file wrapper)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    for value in tb.tb_frame.f_locals.values():
+        if value is request or getattr(value, "_sock", None) is request:
+            return True
+    return False
+
+
+def _peer_gone(request: Any) -> bool:
+    """Whether the peer of a connected socket has closed or reset it (a poll that never waits)."""
+    try:
+        fd = request.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, _POLL_GONE)
+    try:
+        return any(events & _POLL_GONE for _, events in poller.poll(0))
+    except OSError:
+        return False

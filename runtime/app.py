@@ -26,10 +26,10 @@ from .admin import AdminServer
 from .config import Address, ConfigError, Settings, parse_address
 from .examples import EXAMPLES
 from .lifecycle import Runtime
-from .prefork import Prefork
+from .prefork import Prefork, WorkerDirError
 from .status import StatusBoard
 from .telemetry import Telemetry
-from .telemetry.logging import make_logger, route_stdlib_logging
+from .telemetry.logging import log_sink, make_logger, route_stdlib_logging
 
 __all__ = ["App", "StartupError", "build", "load_object"]
 
@@ -139,6 +139,10 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
         "tcp_nodelay": settings.tcp_nodelay,
         "access_log": settings.access_log,
         "connection_timeout": settings.connection_timeout,
+        "header_timeout": settings.header_timeout,
+        # The drain bounds the wait for requests in flight; a thread stuck past it must not
+        # keep the process from exiting (the interpreter joins non-daemon threads at exit).
+        "daemon_threads": True,
         "overload": settings.overload,
     }
     if address.family == socket.AF_INET6:
@@ -225,6 +229,11 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     # A pre-fork supervisor never serves: its workers build their own telemetry after the fork.
     provider = None if prefork else _tracer_provider(settings, label)
     telemetry = Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix)
+    sink = log_sink(logger)
+    if sink is not None:  # count the lines a stuck log reader made us drop
+        sink.on_drop = lambda n: telemetry.dropped("log_lines", n)
+    if provider is not None:  # and the spans a hung collector made us drop
+        provider.on_drop = lambda n: telemetry.dropped("spans", n)
     admin_address = settings.admin_address
     try:
         server = cls(
@@ -254,6 +263,7 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             logger=logger,
             request_warn_after=settings.request_warn_after,
             request_timeout=settings.request_timeout,
+            flush_timeout=settings.flush_timeout,
         )
     if admin_address is not None:
         try:
@@ -271,9 +281,10 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
                 lifecycle=runtime.lifecycle,
                 render_metrics=render,
                 status=status,
+                logger=logger,
             )
             if isinstance(runtime, Prefork):
-                runtime.close_in_workers.append(admin.socket)
+                runtime.close_in_workers.append(admin.descriptors)
         except OSError as exc:
             server.server_close()
             raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
@@ -290,7 +301,13 @@ def _prefork(
 ) -> Prefork:
     def make_telemetry(_slot: int) -> Telemetry:
         provider = _tracer_provider(settings, label)  # its own service.instance.id
-        return Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix, worker=True)
+        telemetry = Telemetry(tracer_provider=provider, prefix=settings.metrics_prefix, worker=True)
+        sink = log_sink(logger)
+        if sink is not None:  # the worker's own drops, in its own metrics
+            sink.on_drop = lambda n: telemetry.dropped("log_lines", n)
+        if provider is not None:
+            provider.on_drop = lambda n: telemetry.dropped("spans", n)
+        return telemetry
 
     def reload() -> Any:
         """The handler, imported again from its files (SIGHUP)."""
@@ -300,26 +317,46 @@ def _prefork(
         return load_object(handler_spec, "HANDLER")
 
     workers = settings.worker_count
-    return Prefork(
-        server,
-        workers=workers,
-        max_workers=settings.max_children,
-        min_workers=settings.min_workers,
-        worker_timeout=settings.worker_timeout,
-        max_requests=settings.max_requests,
-        max_requests_jitter=settings.max_requests_jitter,
-        reuse_port=settings.reuse_port,
-        drain_delay=settings.drain_delay,
-        graceful_timeout=settings.graceful_timeout,
-        poll_interval=settings.poll_interval,
-        liveness_timeout=settings.liveness_timeout,
-        logger=logger,
-        make_telemetry=make_telemetry,
-        reload=reload,
-        request_warn_after=settings.request_warn_after,
-        request_timeout=settings.request_timeout,
-        prefix=settings.metrics_prefix,
-    )
+    try:
+        return Prefork(
+            server,
+            workers=workers,
+            max_workers=settings.max_children,
+            min_workers=settings.min_workers,
+            worker_timeout=settings.worker_timeout,
+            max_requests=settings.max_requests,
+            max_requests_jitter=settings.max_requests_jitter,
+            reuse_port=settings.reuse_port,
+            drain_delay=settings.drain_delay,
+            graceful_timeout=settings.graceful_timeout,
+            poll_interval=settings.poll_interval,
+            liveness_timeout=settings.liveness_timeout,
+            logger=logger,
+            make_telemetry=make_telemetry,
+            reload=reload,
+            request_warn_after=settings.request_warn_after,
+            request_timeout=settings.request_timeout,
+            prefix=settings.metrics_prefix,
+            flush_timeout=settings.flush_timeout,
+            worker_tmp_dir=settings.worker_tmp_dir,
+        )
+    except WorkerDirError as exc:
+        server.server_close()
+        raise StartupError("--worker-tmp-dir", _worker_dir_message(settings, exc)) from None
+
+
+def _worker_dir_message(settings: Settings, exc: WorkerDirError) -> str:
+    """Where the pre-fork folder could not go, and what to do about it."""
+    if exc.folder is None:
+        where = "no writable temporary folder ($TMPDIR, /tmp, /var/tmp, /usr/tmp, the working one)"
+    else:
+        where = f"cannot make the pre-fork folder in {exc.folder} ({exc.reason})"
+    if settings.worker_tmp_dir is None:
+        volume = exc.folder or "/tmp"
+        fix = f"mount a writable volume on {volume} (an emptyDir) or set --worker-tmp-dir"
+    else:
+        fix = "set --worker-tmp-dir"
+    return f"{where}; {fix} (RUNTIME_WORKER_TMP_DIR) to a writable folder, e.g. /dev/shm"
 
 
 def _project_modules(names: set[str]) -> list[str]:

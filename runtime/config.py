@@ -2,12 +2,18 @@
 ``RUNTIME_*`` environment variables, then command-line flags.
 
 Every invalid value raises :class:`ConfigError` naming the setting (as its
-flag) and the fix; only the CLI turns that into a message and exit status 2.
+flag, or as the ``RUNTIME_*`` variable when the value came from one) and the
+fix; only the CLI turns that into a message and exit status 2.
+
+Every numeric setting has a declared range (:data:`LIMITS`), checked whichever
+way the value arrives (a flag, a variable, ``Settings(...)`` in code): no NaN,
+no infinity, nothing a socket, a ``select()`` or the machine cannot take.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -17,7 +23,10 @@ from typing import Any
 
 from .telemetry.logging import FORMATS, LEVELS
 
-__all__ = ["Address", "ConfigError", "Settings", "parse_address", "settings_from"]
+__all__ = [
+    "LIMITS", "MAX_SECONDS", "MAX_WORKERS", "Address", "ConfigError", "Limit", "Settings",
+    "parse_address", "parse_value", "settings_from",
+]  # fmt: skip
 
 MODES = ("sync", "thread", "fork", "prefork")
 OVERLOAD = ("wait", "reject")
@@ -31,6 +40,97 @@ class ConfigError(ValueError):
         super().__init__(f"{setting}: {message}")
         self.setting = setting
         self.message = message
+
+
+#: The longest duration any setting takes: one day.  Longer is a typo or means
+#: "never", which has its own spelling (``none``, or 0 for ``--worker-timeout``).
+#: It keeps every deadline far inside what the serving loop's ``select()`` takes
+#: (epoll: 2**31 - 1 ms, 24.8 days), ``threading.TIMEOUT_MAX`` and socket time-outs.
+MAX_SECONDS = 86_400.0
+#: Worker processes (and, in pre-fork mode, ``--max-children``, which caps them): each
+#: is a whole interpreter (tens of MB), so 100000 is a typo that would fork until the
+#: machine stops; 1024 is beyond any sensible multiple of the largest machines' cores.
+MAX_WORKERS = 1024
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The values a numeric setting takes: ``low`` to ``high``, finite.
+
+    ``above``: ``low`` itself is excluded (a time-out of 0 would end everything at
+    once).  ``seconds``: a duration.  ``off``: ``none`` (or ``off``) turns it off.
+    ``zero``: what 0 means, when it means something.
+    """
+
+    low: float
+    high: float
+    seconds: bool = False
+    above: bool = False
+    off: bool = False
+    zero: str = ""
+
+    def rule(self) -> str:
+        """The range in words, as the error messages give it."""
+        lowest = "more than" if self.above else "at least"
+        zero = f" (0: {self.zero})" if self.zero else ""
+        unit = " seconds" if self.seconds else ""
+        off = ", or none (off)" if self.off else ""
+        high = _number(self.high)
+        return f"must be {lowest} {_number(self.low)}{zero} and at most {high}{unit}{off}"
+
+    def span(self) -> str:
+        """The range in a few characters, for a flag's help: ``1-1024``, ``>0-86400``."""
+        return f"{'>' if self.above else ''}{_number(self.low)}-{_number(self.high)}"
+
+    def allows(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return (value > self.low if self.above else value >= self.low) and value <= self.high
+
+    def error(self, setting: str, value: float, raw: str | None = None) -> ConfigError:
+        """The ConfigError for *value* (given as the text *raw*, if it was text)."""
+        shown = raw.strip() if raw is not None else _number(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        finite = "" if math.isfinite(value) else " (not a finite number)"
+        return ConfigError(setting, f"{self.rule()}, got {shown}{finite}")
+
+
+#: Every numeric setting's range.  Counts protect the machine; durations are seconds.
+LIMITS: dict[str, Limit] = {
+    # Threads (thread mode, default 128) or forked children (fork mode, default 40);
+    # each holds a connection and a stack, so tens of thousands are a typo.
+    "max_children": Limit(1, 4096),
+    "workers": Limit(1, MAX_WORKERS),
+    "min_workers": Limit(1, MAX_WORKERS),
+    "threads": Limit(0, 1024),  # per worker; workers x threads threads in all
+    # Connections accepted and waiting for a thread, each holding a file descriptor.
+    "queue_size": Limit(0, 65536),
+    # listen(): the kernel silently caps it at net.core.somaxconn (4096 by default since
+    # Linux 5.4; the field was 16 bits before), and Python rejects more than a C int.
+    "backlog": Limit(1, 65535),
+    # A billion requests is "never" in practice (which is 0); stays a 64-bit count.
+    "max_requests": Limit(0, 1_000_000_000, zero="never"),
+    "max_requests_jitter": Limit(0, 1_000_000_000),
+    "worker_timeout": Limit(0, MAX_SECONDS, seconds=True, zero="never"),
+    "drain_delay": Limit(0, MAX_SECONDS, seconds=True),
+    "graceful_timeout": Limit(0, MAX_SECONDS, seconds=True),
+    "flush_timeout": Limit(0, MAX_SECONDS, seconds=True),
+    "liveness_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True),
+    "connection_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
+    "header_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
+    "request_warn_after": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
+    "request_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
+    # An idle serving loop turns (heartbeat, signals, deadlines) once per interval:
+    # below 1 ms it spins a core, above a minute heartbeats and drain deadlines lag.
+    "poll_interval": Limit(0.001, 60, seconds=True),
+}
+
+
+def _number(value: float) -> str:
+    """1.0 -> "1", 0.001 -> "0.001", 1e9 -> "1000000000": as a person would write it."""
+    if math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -120,6 +220,10 @@ class Settings:
     request_warn_after: float | None = 30.0  # None: no slow-request warnings
     request_timeout: float | None = None  # None: requests may run as long as they like
     poll_interval: float = 0.5
+    flush_timeout: float = 5.0  # the drain's deadline for exporting spans
+    # A new connection's deadline for its first request (HTTP: the whole head); None: off.
+    header_timeout: float | None = 10.0
+    worker_tmp_dir: str | None = None  # prefork: where its folder goes (None: the temp dir)
     server_name: str | None = None
     metrics_prefix: str = "socketserver_"
     log_level: str = "info"
@@ -137,50 +241,34 @@ class Settings:
         choice("log_level", self.log_level, LEVELS)
         choice("log_format", self.log_format, FORMATS)
         choice("traces", self.traces, TRACES)
-        if self.max_children is not None and self.max_children < 1:
-            raise ConfigError("--max-children", f"must be at least 1, got {self.max_children}")
+        self._check_numbers()
         prefork = {
             "workers": self.workers is not None, "threads": self.threads != 0,
             "max_requests": self.max_requests != 0, "reuse_port": self.reuse_port,
+            "worker_tmp_dir": self.worker_tmp_dir is not None,
         }  # fmt: skip
         for name, given in prefork.items():
             if given and self.mode != "prefork":
                 raise ConfigError(_flag(name), "applies to --mode prefork only")
-        for name, least in (("workers", 1), ("threads", 0), ("min_workers", 1),
-                            ("max_requests", 0), ("max_requests_jitter", 0)):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None and value < least:
-                raise ConfigError(_flag(name), f"must be at least {least}, got {value}")
-        if self.worker_timeout < 0:
-            raise ConfigError(
-                "--worker-timeout", f"must be 0 (off) or more seconds, got {self.worker_timeout}"
-            )
-        if (self.mode == "prefork" and self.max_children is not None
-                and self.max_children < self.worker_count):  # fmt: skip
-            raise ConfigError(
-                "--max-children",
-                f"{self.max_children} is below --workers {self.worker_count} (it caps workers)",
-            )
-        if self.queue_size is not None and self.queue_size < 0:
-            raise ConfigError("--queue-size", f"must be 0 or more, got {self.queue_size}")
-        if self.backlog < 1:
-            raise ConfigError("--backlog", f"must be at least 1, got {self.backlog}")
-        for name in ("drain_delay", "graceful_timeout"):
-            if getattr(self, name) < 0:
+        if self.worker_tmp_dir is not None and not self.worker_tmp_dir.strip():
+            raise ConfigError("--worker-tmp-dir", "is empty; give a writable folder, e.g. /dev/shm")
+        if self.mode == "prefork" and self.max_children is not None:
+            if self.max_children > MAX_WORKERS:
                 raise ConfigError(
-                    _flag(name), f"must be 0 or more seconds, got {getattr(self, name)}"
+                    "--max-children",
+                    f"must be at most {MAX_WORKERS} in --mode prefork (it caps worker "
+                    f"processes), got {self.max_children}",
                 )
-        for name in ("request_warn_after", "request_timeout", "connection_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
+            if self.max_children < self.worker_count:
                 raise ConfigError(
-                    _flag(name), f"must be more than 0 seconds (or none), got {value}"
+                    "--max-children",
+                    f"{self.max_children} is below --workers {self.worker_count} (it caps workers)",
                 )
-        for name in ("liveness_timeout", "poll_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(
-                    _flag(name), f"must be more than 0 seconds, got {getattr(self, name)}"
-                )
+        # An idle serving loop beats its heartbeat once per poll interval: a liveness (or,
+        # for a pre-fork worker, heartbeat) time-out within two intervals fails a healthy one.
+        self._at_least_twice("liveness_timeout", "/livez would say stalled while idle")
+        if self.mode == "prefork" and self.worker_timeout > 0:
+            self._at_least_twice("worker_timeout", "idle workers would be aborted as hung")
         if self.bind is not None:
             address = parse_address(self.bind)
             if self.reuse_port and address.transport not in ("tcp", "udp"):
@@ -199,6 +287,38 @@ class Settings:
             raise ConfigError(
                 "--metrics-prefix", f"{self.metrics_prefix!r} is not a valid metric name prefix"
             )
+
+    def _check_numbers(self) -> None:
+        """Every numeric setting: the right type, finite, within its :data:`LIMITS`."""
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and "None" in str(_FIELDS[name].type):
+                continue
+            whole = str(_FIELDS[name].type).startswith("int")
+            kinds = (int,) if whole else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                what = "a whole number" if whole else "a number of seconds"
+                raise ConfigError(_flag(name), f"must be {what}, got {value!r}")
+            if not limit.allows(value):
+                raise limit.error(_flag(name), value)
+
+    def _at_least_twice(self, name: str, why: str) -> None:
+        """*name* (a time-out) must be at least twice ``poll_interval``."""
+        value: float = getattr(self, name)
+        if value >= 2 * self.poll_interval:
+            return
+        # Name the one that was changed: the other one is at its default.
+        if value == _FIELDS[name].default:
+            raise ConfigError(
+                "--poll-interval",
+                f"must be at most half of {_flag(name)} ({_number(value)}; {why}), "
+                f"got {_number(self.poll_interval)}",
+            )
+        raise ConfigError(
+            _flag(name),
+            f"must be at least twice --poll-interval ({_number(self.poll_interval)}; {why}), "
+            f"got {_number(value)}",
+        )
 
     @property
     def worker_count(self) -> int:
@@ -225,26 +345,41 @@ def _flag(name: str) -> str:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
-def _convert(name: str, raw: str, source: str) -> Any:
+def parse_value(name: str, raw: str, source: str) -> Any:
+    """The text *raw* (of a flag or a ``RUNTIME_*`` variable) as setting *name*'s value.
+
+    Raises :class:`ConfigError` naming *source* (the flag or the variable): numbers
+    are checked against :data:`LIMITS` here already, so the message shows the text as
+    given (``1e309``, not ``inf``).  ``none`` (and ``""``) is None for settings that
+    take None; ``off`` too for durations that can be turned off.
+    """
     kind = str(_FIELDS[name].type)
-    if raw.strip().lower() in ("", "none") and "None" in kind:
+    text = raw.strip().lower()
+    limit = LIMITS.get(name)
+    if "None" in kind and (text in ("", "none") or (text == "off" and limit and limit.off)):
         return None
+    if kind.startswith("bool"):
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(source, f"{_quoted(raw)} is not on or off (true/false, yes/no, 1/0)")
+    if not kind.startswith(("int", "float")):
+        return raw
+    value: int | float
     try:
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-        if kind.startswith("bool"):
-            value = raw.strip().lower()
-            if value in ("1", "true", "yes", "on"):
-                return True
-            if value in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
+        value = int(raw) if kind.startswith("int") else float(raw)
     except ValueError:
-        what = kind.split(" ")[0]
-        raise ConfigError(source, f"{raw!r} is not a valid {what}") from None
-    return raw
+        what = "a whole number" if kind.startswith("int") else "a number"
+        rule = f"; it {limit.rule()}" if limit else ""
+        raise ConfigError(source, f"{_quoted(raw)} is not {what}{rule}") from None
+    if limit is not None and not limit.allows(value):
+        raise limit.error(source, value, raw)
+    return value
+
+
+def _quoted(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:37] + "...")
 
 
 # Kubernetes injects these for a Service named "runtime" (service links); never settings.
@@ -257,12 +392,14 @@ def settings_from(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
     """Defaults, then ``RUNTIME_*`` variables from *environ*, then *overrides* (the flags
-    that were given; a None value there means "none", e.g. ``--request-timeout none``).
+    that were given, as values; a None value there means "none", e.g.
+    ``--request-timeout none``).
 
-    Raises :class:`ConfigError` for unknown ``RUNTIME_*`` variables too, so a
-    typo never passes silently.
+    Raises :class:`ConfigError` naming the variable for a bad value that came from
+    one, and for unknown ``RUNTIME_*`` variables too, so a typo never passes silently.
     """
     values: dict[str, Any] = {}
+    variables: dict[str, str] = {}  # setting -> the RUNTIME_* variable that gave its value
     for key, raw in (environ or {}).items():
         if not key.startswith("RUNTIME_") or _SERVICE_LINK.match(key):
             continue
@@ -270,7 +407,8 @@ def settings_from(
         if name not in _FIELDS:
             known = ", ".join("RUNTIME_" + n.upper() for n in _FIELDS)
             raise ConfigError(key, f"unknown setting; known: {known}")
-        values[name] = _convert(name, raw, key)
+        values[name] = parse_value(name, raw, key)
+        variables[name] = key
     # The standard OpenTelemetry variable chooses the exporter unless RUNTIME_TRACES
     # or --traces do (the rest of OTEL_* is read by the SDK and the exporter).
     otel = (environ or {}).get("OTEL_TRACES_EXPORTER")
@@ -280,4 +418,11 @@ def settings_from(
             raise ConfigError("OTEL_TRACES_EXPORTER", f"{otel!r} is not one of {', '.join(TRACES)}")
         values["traces"] = otel
     values.update(overrides or {})  # flags given explicitly, None included ("none")
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ConfigError as exc:
+        # Settings names flags; a value that came from a variable is named as the variable.
+        name = "handler" if exc.setting == "HANDLER" else exc.setting[2:].replace("-", "_")
+        if name in variables and name not in (overrides or {}):
+            raise ConfigError(variables[name], exc.message) from None
+        raise

@@ -7,12 +7,16 @@ runs on the main thread.
 
 The graceful sequence, on the first SIGTERM or SIGINT:
 
-1. readiness fails at once (state DRAINING);
+1. readiness fails at once (state DRAINING); HTTP responses from now on say
+   ``Connection: close`` and keep-alive connections end after them;
 2. keep serving for ``drain_delay`` seconds (load balancers notice);
 3. stop accepting: take what the kernel already queued, close the listener;
+   connections idle between requests are closed at once (other protocols'
+   handlers hear it through ``handle_drain()``);
 4. wait up to ``graceful_timeout`` for requests in flight;
 5. force the rest (cut thread-mode connections, SIGKILL forked children);
-6. flush telemetry; exit status 0 if nothing was forced, else 1.
+6. flush telemetry within ``flush_timeout``; exit status 0 if nothing was
+   forced, else 1.
 
 A second SIGTERM/SIGINT, or SIGQUIT, skips the waiting and stops now.
 """
@@ -66,8 +70,10 @@ class Lifecycle:
     """The server's state, its heartbeat, and who hears about changes.
 
     ``live()`` is true while the serving loop makes progress (its heartbeat is
-    younger than ``liveness_timeout``), whatever the load and also while
-    draining; ``ready()`` is true only while SERVING.
+    younger than ``liveness_timeout``) and, when connections wait for a worker,
+    requests keep completing (``stall_check()``, seconds of waiting without a
+    completed request, stays below ``liveness_timeout``), whatever the load and
+    also while draining; ``ready()`` is true only while SERVING.
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class Lifecycle:
         self.stop_requested = False  # set by a signal handler: readiness fails at once
         #: More that must hold for readiness (the pre-fork pool: enough workers up).
         self.ready_check: Callable[[], bool] | None = None
+        #: Seconds that work has waited while nothing completed (a stuck pool).
+        self.stall_check: Callable[[], float] | None = None
         self._lock = threading.Lock()
 
     def to(self, new: State) -> None:
@@ -104,8 +112,15 @@ class Lifecycle:
     def heartbeat_age(self) -> float:
         return monotonic() - self.heartbeat_at
 
+    def stalled_for(self) -> float:
+        return self.stall_check() if self.stall_check is not None else 0.0
+
     def live(self) -> bool:
-        return self.state is not State.STOPPED and self.heartbeat_age() < self.liveness_timeout
+        return (
+            self.state is not State.STOPPED
+            and self.heartbeat_age() < self.liveness_timeout
+            and self.stalled_for() < self.liveness_timeout
+        )
 
     def ready(self) -> bool:
         if self.state is not State.SERVING or self.stop_requested:
@@ -173,6 +188,7 @@ class Runtime:
         self._tel: ServerTelemetry = getattr(server, "_rt_tel", NULL)
         self.logger = logger if logger is not None else server.logger
         self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
+        self.lifecycle.stall_check = getattr(server, "stalled_for", None)
         self._signals: deque[int] = deque()
         self._drain_until: float | None = None
         self._immediate = False
@@ -237,6 +253,9 @@ class Runtime:
         )
         self._drain_until = monotonic() + self.drain_delay
         self.lifecycle.to(State.DRAINING)
+        begin = getattr(self.server, "begin_drain", None)
+        if begin is not None:
+            begin()
 
     def _changed(self, old: State, new: State, spent: float) -> None:
         self._tel.state_changed(new.value)
@@ -274,10 +293,13 @@ class Runtime:
         phase = perf_counter()
         taken = server.accept_backlog() if self.take_backlog and not self._immediate else 0
         server.close_listener()
+        close_idle = getattr(server, "close_idle", None)
+        idle_closed = close_idle() if close_idle is not None else 0
         log.info(
             "listener closed",
             server=server.server_label,
             backlog_taken=taken,
+            idle_closed=idle_closed,
             seconds=round(perf_counter() - phase, 6),
         )
         phase = perf_counter()
@@ -297,10 +319,11 @@ class Runtime:
         server.set_controller(None)
         server.server_close()
         phase = perf_counter()
-        self._tel.flush(self.flush_timeout)
+        dropped = self._tel.flush(self.flush_timeout)  # bounded, whatever the exporter does
         log.info(
             "telemetry flushed",
             server=server.server_label,
             seconds=round(perf_counter() - phase, 6),
+            spans_dropped=dropped,
         )
         self.lifecycle.to(State.STOPPED)

@@ -23,6 +23,7 @@ from time import monotonic, perf_counter
 from types import MappingProxyType
 from typing import Any
 
+from ._request import accept_queue_length
 from .telemetry.api import NULL, NullTelemetry, RequestRecord, ServerTelemetry
 
 __all__ = ["ForkingMixIn", "ThreadingMixIn", "WorkerPool"]
@@ -32,6 +33,8 @@ __all__ = ["ForkingMixIn", "ThreadingMixIn", "WorkerPool"]
 DEFAULT_MAX_THREADS = 128
 #: Seconds an idle worker thread waits for work before it retires.
 DEFAULT_IDLE_TIMEOUT = 30.0
+#: Seconds ``server_close`` waits for worker threads after a forced drain.
+_FORCED_JOIN = 2.0
 
 Item = tuple[Any, Any]
 # For a server without InstrumentedMixIn (no records): read-only, shared, never copied.
@@ -82,6 +85,8 @@ class WorkerPool:
         self._idle = 0  # workers waiting for an item
         self._closing = False
         self._started = 0
+        #: monotonic() since when items wait for a worker (0.0: none waits)
+        self.waiting_since = 0.0
 
     # Gauges: approximate reads without the lock are fine for scraping.
     @property
@@ -112,18 +117,23 @@ class WorkerPool:
             while True:
                 if self._closing:
                     raise RuntimeError("worker pool is shut down")
-                if self._idle > self._queued or (
-                    self._queued - self._idle < self.queue_size
-                    and len(self._threads) >= self.max_workers
-                ):
-                    self._queued += 1  # an idle worker takes it, or it waits its turn
+                if self._idle > self._queued:
+                    self._queued += 1  # an idle worker takes it
                     self._queue.put(item)
                     return True
                 if len(self._threads) < self.max_workers:
                     self._start(item)
                     return True
+                if self._queued - self._idle < self.queue_size:
+                    self._queued += 1  # it waits its turn
+                    self._queue.put(item)
+                    if not self.waiting_since:
+                        self.waiting_since = monotonic()
+                    return True
                 if not block:
                     return False
+                if not self.waiting_since:
+                    self.waiting_since = monotonic()
                 self._waiting += 1
                 try:
                     notified = self._space.wait(1.0)
@@ -198,18 +208,27 @@ class WorkerPool:
                 self._queued -= 1
                 if self._waiting:
                     self._space.notify()
+                elif self._queued <= self._idle:
+                    self.waiting_since = 0.0  # nothing left waiting
 
-    def shutdown(self, *, wait: bool = True, timeout: float | None = None) -> None:
-        """Let workers finish every queued item, then stop them."""
+    def shutdown(self, *, wait: bool = True, timeout: float | None = None) -> bool:
+        """Let workers finish every queued item, then stop them.
+
+        With *wait*, join them, for at most *timeout* seconds in all (None: as long
+        as it takes); False if some were still running then.
+        """
         with self._lock:
             self._closing = True
             self._space.notify_all()
             threads = list(self._threads)
             for _ in threads:
                 self._queue.put(None)  # after every item: FIFO
-        if wait:
-            for thread in threads:
-                thread.join(timeout)
+        if not wait:
+            return True
+        deadline = None if timeout is None else monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
 
 class ThreadingMixIn(socketserver.ThreadingMixIn):
@@ -240,6 +259,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
     #: the kernel for any worker with a free thread, not in one busy worker's queue.
     accept_when_busy: bool = True
     _rt_pool: WorkerPool | None = None
+    _rt_full_since = 0.0  # (accept_when_busy off) every thread taken, connections queued
 
     # Provided by InstrumentedMixIn / BaseServer; declared for mypy.
     _rt_records: dict[int, RequestRecord]
@@ -263,7 +283,17 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
     def _rt_room(self, wait: float) -> bool:
         # Without accept_when_busy, a connection is taken only when a thread is free;
         # otherwise the serving loop turns (ticks, heartbeat) and looks again.
-        return self.accept_when_busy or self._rt_get_pool().wait_for_worker(wait)
+        if self.accept_when_busy:
+            return True
+        if self._rt_get_pool().wait_for_worker(wait):
+            self._rt_full_since = 0.0
+            return True
+        if not self._rt_full_since:
+            # Connections wait in the kernel's queue while every thread is taken.
+            queued = accept_queue_length(self.socket, 0)  # type: ignore[attr-defined]
+            if queued:
+                self._rt_full_since = monotonic()
+        return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a worker thread (or wait, or reject, when full)."""
@@ -271,8 +301,10 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
         if record is not None:
             record.queued = perf_counter()
         block = self.overload != "reject"
-        heartbeat = getattr(self, "_rt_heartbeat", None)
-        if self._rt_get_pool().submit((request, client_address), block=block, on_wait=heartbeat):
+        pool = self._rt_get_pool()
+        if pool.idle == 0 and pool.live >= pool.max_workers:
+            self._rt_reclaim(pool.queue_depth + 1)
+        if pool.submit((request, client_address), block=block, on_wait=self._rt_pool_wait):
             return
         if record is not None:
             record.rejected = "overload"
@@ -283,6 +315,26 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
 
     def handle_overload(self, request: Any, client_address: Any) -> None:
         """Called when the pool is full under the reject policy. May be overridden."""
+
+    def _rt_reclaim(self, wanted: int) -> None:
+        # Every thread is taken and connections wait: keep-alive connections idle
+        # for a while give theirs up (InstrumentedMixIn.reclaim_idle).
+        reclaim = getattr(self, "reclaim_idle", None)
+        if reclaim is not None:
+            reclaim(wanted)
+
+    def _rt_pool_wait(self) -> None:
+        """About once a second while the serving loop waits for room in the pool."""
+        heartbeat = getattr(self, "_rt_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat()
+        self._rt_reclaim(1)
+
+    def service_actions(self) -> None:
+        super().service_actions()  # type: ignore[misc]
+        pool = self._rt_pool
+        if pool is not None and pool.waiting_since:
+            self._rt_reclaim(pool.queue_depth)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run on a worker: finish the request, report errors, always shut it down."""
@@ -295,6 +347,11 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
             self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def _rt_waiting_since(self) -> float | None:
+        pool = self._rt_pool
+        since = [t for t in (pool.waiting_since if pool else 0.0, self._rt_full_since) if t]
+        return min(since) if since else None
 
     def runtime_stats(self) -> dict[str, float]:
         stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
@@ -309,7 +366,18 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
         super().server_close()
         pool = self._rt_pool
         if pool is not None:
-            pool.shutdown(wait=self.block_on_close and not self.daemon_threads)
+            # After a forced drain a handler may be stuck where no cut reaches it (a
+            # lock, a computation): waiting for it forever would make SIGTERM hang.
+            timeout = _FORCED_JOIN if getattr(self, "_rt_forced", False) else None
+            wait = self.block_on_close and not self.daemon_threads
+            if not pool.shutdown(wait=wait, timeout=timeout):
+                logger = getattr(self, "logger", None)
+                if logger is not None:
+                    logger.warning(
+                        "worker threads still running after the forced drain; left behind",
+                        server=getattr(self, "server_label", None),
+                        threads=pool.live,
+                    )
 
 
 class _Child:
@@ -356,6 +424,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
     block_on_close = True
     _rt_children: dict[int, _Child] | None = None
     _rt_child_selector: selectors.BaseSelector | None = None
+    _rt_slot_wait = 0.0  # monotonic() since when the loop waits for a free slot
 
     _rt_records: dict[int, RequestRecord]
     _rt_tel: ServerTelemetry
@@ -381,11 +450,15 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         children = self._rt_kids
         if len(children) >= self.max_children:
             start = perf_counter()
+            self._rt_slot_wait = monotonic()
             heartbeat = getattr(self, "_rt_heartbeat", None)
-            while len(children) >= self.max_children:
-                self._rt_reap(1.0)
-                if heartbeat is not None:
-                    heartbeat()
+            try:
+                while len(children) >= self.max_children:
+                    self._rt_reap(1.0)
+                    if heartbeat is not None:
+                        heartbeat()
+            finally:
+                self._rt_slot_wait = 0.0
             self._rt_tel.queue_wait(perf_counter() - start)
         record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
         read_end, write_end = os.pipe()
@@ -425,6 +498,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 # Our copy of the listener would keep it open (and accepting into
                 # the backlog) after the parent closes it during a drain.
                 self.socket.close()  # type: ignore[attr-defined]
+            in_child = getattr(self, "_rt_in_child", None)
+            if in_child is not None:  # the loop's other connections are the parent's
+                in_child()
             before = len(record.hooks) if record is not None else 0
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
@@ -444,9 +520,11 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             perf_counter(),  # CLOCK_MONOTONIC: comparable in the parent
                             record.fields,
                             record.io,
+                            record.ended,
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
+            _drain_logs(0.1)  # os._exit skips the exit-time write of pending log lines
             os._exit(status)
 
     def collect_children(self, *, blocking: bool = False) -> None:
@@ -499,7 +577,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         end = None
         if child.buffer:
             report = pickle.loads(bytes(child.buffer))
-            hooks, error_hook, error_type, extra, end, fields, record.io = report
+            hooks, error_hook, error_type, extra, end, fields, record.io, ended = report
+            if ended and not record.ended:
+                record.ended = ended
             if fields:
                 record.fields = fields
             if extra is not None:
@@ -525,6 +605,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         fds: list[int] = super()._rt_loop_fds()  # type: ignore[misc]
         fileno = getattr(self._rt_child_selector, "fileno", None)  # epoll, kqueue: yes
         return [*fds, fileno()] if fileno is not None else fds
+
+    def _rt_waiting_since(self) -> float | None:
+        return self._rt_slot_wait or None
 
     def child_pids(self) -> list[int]:
         """The pids of the children still running."""
@@ -566,6 +649,16 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         if self._rt_child_selector is not None and not self._rt_children:
             self._rt_child_selector.close()
             self._rt_child_selector = None
+
+
+def _drain_logs(timeout: float) -> None:
+    """Give log lines still waiting for a congested stream a moment (bounded) to go out."""
+    try:
+        from .telemetry.logsink import drain_all
+
+        drain_all(timeout)
+    except Exception:  # noqa: BLE001 - never in the way of a child's exit
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

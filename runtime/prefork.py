@@ -13,7 +13,10 @@ heartbeats, and acts on signals.
   (faulthandler writes every thread's stack to a file the supervisor logs;
   SIGKILL follows if it still lives a second later), and is replaced.
 - ``max_requests`` (+ up to ``max_requests_jitter``) recycles a worker: it
-  says so, its replacement starts at once, it drains and exits.
+  says so, its replacement starts at once, it drains and exits.  With
+  ``reuse_port`` it serves on until the replacement is ready, then leaves
+  with its own queue (so the pool is never a listener short, and recycling
+  never refuses or resets a connection).
 - ``reuse_port``: each worker listens on its own SO_REUSEPORT socket (the
   kernel spreads connections, no thundering herd, but a busy worker's queue
   waits for it and a leaving worker must serve its own queue first).
@@ -40,6 +43,7 @@ flight and pool state; the supervisor turns it into the core's gauges.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -59,7 +63,7 @@ import structlog
 from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess
 from .lifecycle import Lifecycle, State, capture_signals
 
-__all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork"]
+__all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork", "WorkerDirError"]
 
 #: The supervisor's exit status when workers keep failing to boot.
 EXIT_GAVE_UP = 3
@@ -69,6 +73,8 @@ _SUPERVISOR_SIGNALS = (
     signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD,
 )  # fmt: skip
 _DIR_PREFIX = "socketserver-runtime-prefork-"
+#: In the folder: locked (flock, exclusive) by the supervisor and its workers while any lives.
+_LOCK_NAME = "lock"
 _BACKOFF_MIN, _BACKOFF_MAX = 0.1, 10.0
 #: Why workers exit (the ``cause`` label of ``worker_exits_total``).
 EXIT_CAUSES = (
@@ -136,6 +142,8 @@ class Prefork:
         request_warn_after: float | None = None,
         request_timeout: float | None = None,
         prefix: str = "socketserver_",
+        flush_timeout: float = 5.0,
+        worker_tmp_dir: str | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -159,6 +167,7 @@ class Prefork:
         self.request_warn_after = request_warn_after
         self.request_timeout = request_timeout
         self.prefix = prefix
+        self.flush_timeout = flush_timeout
         #: Sockets the workers must not keep (the admin port's, say).
         self.close_in_workers: list[Any] = []
         self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
@@ -167,12 +176,9 @@ class Prefork:
         self.counts = _Counts()
         self.forced = 0
         self._workers: list[_Worker] = []
-        _remove_stale_dirs()
-        self._dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
+        self._dir, self._lock_fd = _make_dir(worker_tmp_dir)
         self.metrics_dir = os.path.join(self._dir, "metrics")
         self._stacks_dir = os.path.join(self._dir, "stacks")
-        os.mkdir(self.metrics_dir)
-        os.mkdir(self._stacks_dir)
         self.slots = Slots(self.max_workers)
         self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -302,6 +308,7 @@ class Prefork:
             else:
                 self._stopping = True
                 self._drain_until = now + self.drain_delay
+                self.slots.draining = True  # workers: Connection: close from now on
                 self.logger.info(
                     "drain started", signal=name, workers=len(self._workers),
                     drain_delay=self.drain_delay, graceful_timeout=self.graceful_timeout,
@@ -350,6 +357,12 @@ class Prefork:
             "prefork", workers=self.target, max_workers=self.max_workers,
             min_workers=self.min_workers, metrics_dir=self.metrics_dir, pid=os.getpid(),
         )  # fmt: skip
+        if self.reuse_port and not _migrates_requests():
+            self.logger.info(
+                "reuse-port: a worker that dies (SIGKILL, crash) resets the connections in its "
+                "own accept queue; net.ipv4.tcp_migrate_req=1 (Linux 5.14+) has the kernel move "
+                "them to another worker", tcp_migrate_req=0,
+            )  # fmt: skip
         if self._capped is not None:
             self.logger.info(
                 "connection timeout lowered: a sync worker waiting on an idle connection "
@@ -367,6 +380,7 @@ class Prefork:
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             shutil.rmtree(self._dir, ignore_errors=True)
+            os.close(self._lock_fd)  # (after the removal: the folder is nobody's only then)
             if self.lifecycle.state is not State.STOPPED:
                 if self.lifecycle.state is State.SERVING:
                     self.lifecycle.to(State.DRAINING)
@@ -421,10 +435,17 @@ class Prefork:
         for w in old[: max(0, ready_new + len(old) - self.target)]:
             self._stop_worker(w, "reload", now)
             old.remove(w)
+        # Recycling a reuse_port worker (max_requests): it serves on until its replacement
+        # is ready, or leaves at once if there is no room to start that one first.  (With
+        # the shared listener a retiring worker leaves by itself at once.)
+        room = self.max_workers - len(self._workers)
+        ready = sum(1 for w in current if w.state == "ready")
+        for w in self._workers:
+            if self.reuse_port and w.state == "retiring" and (ready >= self.target or room <= 0):
+                self._stop_worker(w, "max_requests", now)
         missing = self.target - len(current)
         if missing <= 0 or now < self._next_spawn:
             return
-        room = self.max_workers - len(self._workers)
         if room <= 0 and old and not any(w.state == "booting" for w in current):
             self._stop_worker(old[0], "reload", now)  # no room to start first: make some
         for _ in range(min(missing, room)):
@@ -442,6 +463,7 @@ class Prefork:
                 os.close(read_fd)
                 code = WorkerProcess(self, slot, self.generation, write_fd).run()
             finally:
+                _drain_logs(1.0)  # os._exit skips the exit-time write of pending log lines
                 os._exit(code)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -638,21 +660,120 @@ class Prefork:
         return text.strip()
 
 
-def _remove_stale_dirs() -> None:
-    """Remove the metric folders of supervisors that died without cleaning up (SIGKILL)."""
-    base = tempfile.gettempdir()
-    for name in os.listdir(base):
-        if not name.startswith(_DIR_PREFIX):
+def _migrates_requests() -> bool:
+    """Whether the kernel moves a closed SO_REUSEPORT listener's queue to another one."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _drain_logs(timeout: float) -> None:
+    try:
+        from .telemetry.logsink import drain_all
+
+        drain_all(timeout)
+    except Exception:  # noqa: BLE001 - never in the way of an exit
+        pass
+
+
+class WorkerDirError(Exception):
+    """The supervisor's folder (the workers' metric files and stacks) cannot be made.
+
+    ``folder`` is where it was to go, None when no temporary folder is usable at all
+    (``tempfile.gettempdir()`` found none writable); ``reason`` says why.
+    """
+
+    def __init__(self, folder: str | None, reason: str) -> None:
+        super().__init__(f"{folder or 'no temporary folder'}: {reason}")
+        self.folder = folder
+        self.reason = reason
+
+
+def _make_dir(base: str | None) -> tuple[str, int]:
+    """Make this supervisor's folder in *base* (None: the system's temporary folder).
+
+    Returns the folder and the file descriptor of its lock file, locked (exclusive
+    ``flock``) for the supervisor's life: forked workers inherit the descriptor, so
+    the kernel releases the lock only when the last of them is gone, however they
+    die.  The folder is made under a hidden name, its lock file locked before it
+    gets its name, then the folder renamed: a sweep by another supervisor never
+    finds a folder in use unlocked.  Stale folders of dead supervisors in *base*
+    are removed first.  Raises :class:`WorkerDirError`.
+    """
+    try:
+        base = base if base is not None else tempfile.gettempdir()
+    except OSError:  # FileNotFoundError: no candidate ($TMPDIR, /tmp, ..., cwd) is writable
+        raise WorkerDirError(None, "no writable temporary folder") from None
+    _remove_stale_dirs(base)
+    fd, staging = -1, ""
+    try:
+        staging = tempfile.mkdtemp(prefix=f".{_DIR_PREFIX}{os.getpid()}-", dir=base)
+        # The lock file appears under its name locked already (a sweep never sees it free).
+        pending = os.path.join(staging, _LOCK_NAME + ".new")
+        fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody else has it
+        os.rename(pending, os.path.join(staging, _LOCK_NAME))
+        for name in ("metrics", "stacks"):
+            os.mkdir(os.path.join(staging, name))
+        folder = os.path.join(base, os.path.basename(staging)[1:])
+        os.rename(staging, folder)
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise WorkerDirError(base, exc.strerror or str(exc)) from None
+    return folder, fd
+
+
+def _remove_stale_dirs(base: str) -> None:
+    """Remove the folders in *base* of supervisors that died without cleaning up (SIGKILL).
+
+    A folder is stale when its lock can be taken: no supervisor or worker of it
+    lives.  Not by pid: in a container's PID namespace every supervisor is pid 1,
+    alive to the next one.  A folder without a lock file (made by an older version)
+    is judged by its pid as before; a hidden one without it is being made.
+    """
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return  # making the folder will say what is wrong with base
+    for name in names:
+        if not name.lstrip(".").startswith(_DIR_PREFIX):
             continue
-        pid_text = name[len(_DIR_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
+        path = os.path.join(base, name)
         try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
+            fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDONLY)
+        except FileNotFoundError:
+            if not name.startswith(".") and not _pid_alive(name[len(_DIR_PREFIX) :]):
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        except OSError:
+            continue  # not a folder, or not ours to read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # held: in use (or this filesystem cannot say; leave it)
+        else:  # nobody holds it: its supervisor and workers are all gone
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(rest: str) -> bool:
+    """Whether the pid at the start of *rest* ("<pid>-<random>") is a live process."""
+    pid_text = rest.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return True  # not a name we made: leave it
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    return True
 
 
 class _WorkerFiles:

@@ -36,6 +36,23 @@ Class variables that may be overridden:
 - ``connection_timeout``: seconds an accepted stream connection may sit idle
   in a blocking read or write (default None, as in the standard library; the
   CLI sets 60).  A handler's own ``timeout`` attribute takes precedence.
+- ``header_timeout``: seconds a new stream connection may take to deliver its
+  request head before it is closed (default None: no limit and no waiting, as
+  in the standard library; the CLI sets 10).  While it arrives the connection
+  waits in the serving loop, not in a worker: see ``runtime/_admission.py``.
+  Applies to ``http.server`` handlers, and to handlers that declare
+  ``request_head_end`` (bytes that end what the client sends first, e.g.
+  ``b"\n"`` for a line protocol; ``b""``: any byte)
+- ``max_awaiting``: connections that may wait so at once (default 1024, and
+  at most a quarter of the file descriptor limit)
+
+Draining (driven by ``lifecycle.Runtime``): ``begin_drain()`` when readiness
+fails; ``draining`` is True from then on (``http.server`` handlers answer with
+``Connection: close`` and close after the response in progress).
+``close_idle()`` when the listener closes: connections idle between requests
+end at once; for other protocols the handler's ``handle_drain()`` method, if
+it has one, is called (from the runtime's thread) so it can finish its current
+command and close.
 
 Unlike the standard library, ``shutdown()`` called from the serving thread
 (for example from a handler in a synchronous server) does not deadlock: it
@@ -50,14 +67,19 @@ import logging
 import os
 import selectors
 import socket
+import socketserver
+import sys
 import threading
 from collections.abc import Callable
-from time import perf_counter, time, time_ns
+from time import monotonic, perf_counter, time, time_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _http
+from ._admission import AcceptBackoff, AwaitingRequests, request_head_end
 from ._request import (
     HANDLER_HOOKS,
     accept_queue_length,
+    early_end,
     format_address,
     handler_plan,
     logger_enabled,
@@ -80,6 +102,8 @@ _ServerSelector: type[selectors.BaseSelector] = getattr(
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
+#: Seconds a connection taken from the kernel's queue at a drain has to send its request.
+DRAIN_GRACE = 1.0
 _MAX_DATAGRAMS_DRAINED = 65536
 _MAX_ACCEPT_FAILURES = 8
 
@@ -122,6 +146,8 @@ class InstrumentedMixIn:
     _rt_woken = False
     access_log = True
     connection_timeout: float | None = None
+    header_timeout: float | None = None
+    max_awaiting = 1024
 
     # Declared for mypy; socketserver.BaseServer provides these.
     socket: socket.socket
@@ -158,6 +184,16 @@ class InstrumentedMixIn:
         self._rt_wakeup: tuple[int, int] | None = None
         self._rt_controller: LoopController | None = None
         self._rt_listening = True
+        self._rt_draining = False
+        self._rt_closing_idle = False
+        self._rt_progress_at = monotonic()  # a request (or an HTTP request) completed
+        self._rt_backoff = AcceptBackoff()
+        self._rt_gate: AwaitingRequests | None = None
+        self._rt_heads: dict[Any, bytes | None] = {}
+        self._rt_truncations = [0, 0.0]  # datagrams cut since the last log line, when logged
+        self._rt_reclaimed_at = 0.0
+        self._rt_bytes_seen_at = 0.0
+        self._rt_forced = False
         if logger is None:
             from .telemetry.logging import default_logger
 
@@ -214,14 +250,37 @@ class InstrumentedMixIn:
         batching = self.accept_batch > 1 and (blocking or self.socket.gettimeout() == 0.0)
         if batching and blocking:
             self.socket.setblocking(False)
+        gate = self._rt_open_gate()
         try:
             with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+                listening = True
                 selector.register(wake, selectors.EVENT_READ)
                 for fd in self._rt_loop_fds():  # e.g. forked children's report pipes
                     selector.register(fd, selectors.EVENT_READ)
+                if gate is not None and gate.fileno() >= 0:
+                    selector.register(gate.fileno(), selectors.EVENT_READ)
                 while not self._rt_shutdown_request:
-                    ready = selector.select(self._rt_turn(poll_interval))
+                    timeout = self._rt_turn(poll_interval)
+                    backoff = self._rt_backoff
+                    if backoff.paused or not listening:
+                        # Out of fds: stop watching the listener (it stays readable) until
+                        # the pause is over or a finished request freed one.
+                        now = monotonic()
+                        if not backoff.paused or backoff.due(now):
+                            if not listening:
+                                selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+                                listening = True
+                        else:
+                            if listening:
+                                selector.unregister(self)  # type: ignore[arg-type]
+                                listening = False
+                            timeout = _sooner(timeout, backoff.until - now)
+                    if gate is not None and len(gate):
+                        due = gate.next_timer()
+                        if due is not None:
+                            timeout = _sooner(timeout, due - monotonic())
+                    ready = selector.select(timeout)
                     if self._rt_shutdown_request:
                         break
                     for key, _ in ready:
@@ -230,6 +289,8 @@ class InstrumentedMixIn:
                             self._rt_drain_wakeup(wake)
                         elif key.fileobj is self:  # type: ignore[comparison-overlap]
                             self._rt_accept_batch(self.accept_batch if batching else 1)
+                    if gate is not None and len(gate):
+                        gate.service(0.0)  # heads that arrived, deadlines that passed
                     # Also reaps children at once when their pipes are readable.
                     self._rt_service_actions()
         finally:
@@ -238,6 +299,21 @@ class InstrumentedMixIn:
             self._rt_shutdown_request = False
             self._rt_serving_thread = None
             self._rt_is_shut_down.set()
+
+    def _rt_open_gate(self) -> AwaitingRequests | None:
+        """The connections waiting for their request head (``header_timeout`` set, stream)."""
+        if (
+            self._rt_gate is None
+            and self.header_timeout is not None
+            and self.socket_type == socket.SOCK_STREAM
+        ):
+            self._rt_gate = AwaitingRequests(
+                timeout=self.header_timeout,
+                ready=self._rt_dispatch,
+                expired=self._rt_unpark,
+                limit=self.max_awaiting,
+            )
+        return self._rt_gate
 
     def _rt_loop_fds(self) -> list[int]:
         """More file descriptors that should wake the serving loop (pools extend this)."""
@@ -289,6 +365,38 @@ class InstrumentedMixIn:
                             self._rt_timed(None, "handle_timeout", start, perf_counter())
                         return
 
+    def get_request(self) -> Any:
+        """As the standard library's; for datagrams, also notice truncation.
+
+        A datagram longer than ``max_packet_size`` reaches the handler cut to
+        that size (the standard library does the same, silently); here it is
+        counted (``datagrams_truncated_total``) and logged (at most once a minute).
+        """
+        if self.socket_type != socket.SOCK_DGRAM or not _plain_datagram_get_request(type(self)):
+            return super().get_request()  # type: ignore[misc]
+        size = self.max_packet_size  # type: ignore[attr-defined]
+        data, _, flags, client_address = self.socket.recvmsg(size)
+        if flags & socket.MSG_TRUNC:
+            self._rt_truncated(size, client_address)
+        return (data, self.socket), client_address
+
+    def _rt_truncated(self, size: int, client_address: Any) -> None:
+        self._rt_tel.datagram_truncated()
+        counts = self._rt_truncations
+        counts[0] += 1
+        now = monotonic()
+        if counts[1] and now - counts[1] < 60.0:
+            return
+        self.logger.warning(
+            "datagram truncated",
+            server=self.server_label,
+            client=format_address(client_address),
+            max_packet_size=size,
+            truncated=int(counts[0]),  # since the last such line
+            hint="the handler saw the first max_packet_size bytes; raise max_packet_size",
+        )
+        counts[0], counts[1] = 0, now
+
     def _rt_accept_batch(self, limit: int) -> None:
         for i in range(limit):  # the first may wait a little for room, the rest not at all
             if not self._rt_room(0.2 if i == 0 else 0.0):
@@ -320,14 +428,40 @@ class InstrumentedMixIn:
         wall = time_ns()
         start = perf_counter()
         try:
-            request, client_address = self.get_request()  # type: ignore[attr-defined]
+            request, client_address = self.get_request()
         except BlockingIOError:
             return _EMPTY
         except OSError as exc:
             self._rt_tel.hook("get_request", perf_counter() - start)
             self._rt_tel.error("get_request", type(exc).__name__)
+            if AcceptBackoff.applies(exc):
+                self._rt_accept_failed(exc)
             return _FAILED
+        if self._rt_backoff.paused:
+            self._rt_accepting_again()
         return request, client_address, wall, start, perf_counter()
+
+    def _rt_accept_failed(self, exc: OSError) -> None:
+        backoff = self._rt_backoff
+        if backoff.failed(exc, monotonic()):  # once per episode, not per retry
+            self.logger.warning(
+                "accept failing; backing off",
+                server=self.server_label,
+                error=backoff.last_error,
+                reason=exc.strerror or str(exc),
+                hint="out of file descriptors: raise the limit (ulimit -n) or lower "
+                "--max-children / --header-timeout; connections wait in the kernel's queue",
+            )
+
+    def _rt_accepting_again(self) -> None:
+        ended = self._rt_backoff.succeeded()
+        if ended is not None:
+            self.logger.info(
+                "accepting again",
+                server=self.server_label,
+                failures=ended[0],
+                seconds=round(ended[1], 3),
+            )
 
     def _rt_process(
         self, request: Any, client_address: Any, wall: int, start: float, now: float
@@ -339,11 +473,9 @@ class InstrumentedMixIn:
         self._rt_records[id(request)] = record
         tel.request_started(record)
         self._rt_timed(record, "get_request", start, now)
-        if self.socket_type == socket.SOCK_STREAM:
-            if self.tcp_nodelay:
-                self._rt_set_nodelay(request)
-            if self.connection_timeout is not None:
-                request.settimeout(self.connection_timeout)
+        stream = self.socket_type == socket.SOCK_STREAM
+        if stream and self.tcp_nodelay:
+            self._rt_set_nodelay(request)
         try:
             try:
                 accepted = self.verify_request(request, client_address)  # type: ignore[attr-defined]
@@ -354,10 +486,14 @@ class InstrumentedMixIn:
                 record.rejected = "verify_request"
                 self.shutdown_request(request)
                 return
-            try:
-                self.process_request(request, client_address)  # type: ignore[attr-defined]
-            finally:
-                self._rt_timed(record, "process_request", now, perf_counter())
+            gate = self._rt_gate
+            if gate is not None and stream:
+                end = self._rt_head_end()
+                if end is not None and gate.park(record, end):
+                    return  # a worker once its request head is here (_rt_dispatch)
+            if stream and self.connection_timeout is not None:
+                request.settimeout(self.connection_timeout)
+            self._rt_process_request(record, now)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - never stop the loop
             record.fail(record.hooks[-1][0], exc)
             self.handle_error(request, client_address)
@@ -367,6 +503,41 @@ class InstrumentedMixIn:
             raise
         finally:
             self._rt_release(record)
+
+    def _rt_process_request(self, record: RequestRecord, start: float) -> None:
+        try:
+            self.process_request(record.request, record.client_address)  # type: ignore[attr-defined]
+        finally:
+            self._rt_timed(record, "process_request", start, perf_counter())
+
+    def _rt_dispatch(self, record: RequestRecord) -> None:
+        """A waiting connection's request head arrived: on with the hook chain."""
+        request = record.request
+        try:
+            if self.connection_timeout is not None:
+                request.settimeout(self.connection_timeout)
+            self._rt_process_request(record, perf_counter())
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - never stop the loop
+            record.fail("process_request", exc)
+            self.handle_error(request, record.client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def _rt_unpark(self, record: RequestRecord, outcome: str) -> None:
+        """A waiting connection ends without a worker (deadline, peer gone, drain)."""
+        if outcome:
+            record.ended = outcome
+        self.shutdown_request(record.request)
+
+    def _rt_head_end(self) -> bytes | None:
+        factory = self.RequestHandlerClass
+        try:
+            return self._rt_heads[factory]
+        except KeyError:
+            end = self._rt_heads[factory] = request_head_end(factory)
+            return end
 
     def _rt_set_nodelay(self, request: Any) -> None:
         if self.address_family in (socket.AF_INET, socket.AF_INET6):
@@ -441,8 +612,11 @@ class InstrumentedMixIn:
     def shutdown_request(self, request: Any) -> None:
         record = self._rt_records.get(id(request))
         start = perf_counter()
-        if record is not None and self._rt_access:
-            record.io = request_bytes(request, self.address_family)
+        if record is not None:
+            if record.error is not None and not record.ended:  # handle_error was overridden
+                record.ended = early_end(record.error, request)
+            if self._rt_access:
+                record.io = request_bytes(request, self.address_family)
         try:
             super().shutdown_request(request)  # type: ignore[misc]
         finally:
@@ -454,11 +628,22 @@ class InstrumentedMixIn:
         """Log the failure as one structured line with its traceback (not stderr)."""
         record = self._rt_records.get(id(request))
         start = perf_counter()
+        exc = sys.exc_info()[1]
+        if record is not None:
+            if not record.ended:
+                record.ended = early_end(record.error or exc, request)
+            ended = record.ended
+        else:
+            ended = early_end(exc, request)
         # The request's span is current, so the line carries its trace_id.
         token = self._rt_tel.activate(record) if record is not None else None
         current = current_request.set(record)
         try:
-            self._rt_log_error(record, client_address)
+            if ended:
+                if record is None or record.error_hook != "watchdog":  # it said so itself
+                    self._rt_log_early_end(record, client_address, ended, exc)
+            else:
+                self._rt_log_error(record, client_address)
         except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
             self._rt_tel.error("handle_error", type(exc).__name__)
         finally:
@@ -466,6 +651,25 @@ class InstrumentedMixIn:
             if token is not None:
                 self._rt_tel.deactivate(token)
             self._rt_timed(record, "handle_error", start, perf_counter())
+
+    def _rt_log_early_end(
+        self,
+        record: RequestRecord | None,
+        client_address: Any,
+        outcome: str,
+        exc: BaseException | None,
+    ) -> None:
+        """A peer that left or a time limit: not the server's fault, so no traceback."""
+        error = record.error if record is not None and record.error is not None else exc
+        self.logger.info(
+            "client closed the connection" if outcome == "client_closed" else "request timed out",
+            server=self.server_label,
+            client=format_address(client_address),
+            outcome=outcome,
+            hook=record.error_hook if record is not None else None,
+            error_type=type(error).__name__ if error is not None else None,
+            error=str(error) if error is not None else None,
+        )
 
     def _rt_log_error(self, record: RequestRecord | None, client_address: Any) -> None:
         self.logger.error(
@@ -495,17 +699,32 @@ class InstrumentedMixIn:
             return
         cls, args, keywords = plan
         handler = cls.__new__(cls)
+        if record is not None:
+            record.handler = handler  # for the drain's close_idle()
         attrs = getattr(handler, "__dict__", None)
         if attrs is None:  # __slots__ without __dict__: run untimed
-            handler.__init__(*args, request, client_address, self, **keywords)
+            try:
+                handler.__init__(*args, request, client_address, self, **keywords)
+            finally:
+                if record is not None:
+                    record.handler = None
             return
         for hook in HANDLER_HOOKS:
             attrs[hook] = functools.partial(timed_hook, self, record, hook, getattr(handler, hook))
+        installed: tuple[str, ...] = ()
+        if record is not None:
+            if _http.is_http(handler):
+                installed = _http.install(self, handler, record, request)
+            elif self._rt_closing_idle and hasattr(handler, "handle_drain"):
+                # Taken after the drain told the others: tell this one before it starts.
+                attrs["handle"] = functools.partial(_drain_first, handler, attrs["handle"])
         try:
             handler.__init__(*args, request, client_address, self, **keywords)
         finally:
-            for hook in HANDLER_HOOKS:  # no cycle handler -> partial -> bound method
+            for hook in (*HANDLER_HOOKS, *installed):  # no cycle handler -> partial -> method
                 attrs.pop(hook, None)
+            if record is not None:
+                record.handler = None
 
     # -- records ---------------------------------------------------------------
 
@@ -524,9 +743,14 @@ class InstrumentedMixIn:
 
     def _rt_finish(self, record: RequestRecord, end: float) -> None:
         tel = self._rt_tel
+        self._rt_progress_at = monotonic()
+        if self._rt_backoff.paused:  # an fd was freed: try accepting now
+            self._rt_backoff.resume = True
+            self.wake()
         if record.rejected:
             tel.rejected(record.rejected)
-        if record.error_type:  # e.g. a handle_overload that raised: both are counted
+        # e.g. a handle_overload that raised: both are counted; a peer that left is not an error
+        if record.error_type and record.ended != "client_closed":
             tel.error(record.error_hook, record.error_type)
         tel.request_finished(record, end)
         if self._rt_access:
@@ -574,11 +798,126 @@ class InstrumentedMixIn:
 
     # -- graceful drain steps (driven by lifecycle.Runtime) ----------------------
 
+    @property
+    def draining(self) -> bool:
+        """True once a drain began: handlers should finish what they do and close."""
+        return self._rt_draining
+
+    def begin_drain(self) -> None:
+        """Readiness failed: from now on HTTP responses say ``Connection: close`` and
+        keep-alive connections end after the response in progress."""
+        self._rt_draining = True
+
+    def close_idle(self) -> int:
+        """End the connections that wait, idle, for their next request; return how many.
+
+        Called when the listener has closed.  Connections waiting for their first
+        request head that sent nothing yet get ``DRAIN_GRACE`` seconds to send it
+        (their clients had just connected); ``http.server``
+        connections idle between requests stop reading (what was sent is served,
+        then the connection closes); other handlers' ``handle_drain()`` is
+        called, if they have one.  Connections taken later are told as they start.
+        """
+        self._rt_draining = self._rt_closing_idle = True
+        closed = 0
+        if self._rt_gate is not None:
+            closed += self._rt_gate.close_idle(DRAIN_GRACE)
+        for record in list(self._rt_records.values()):
+            handler = record.handler
+            if handler is None:
+                continue
+            if _http.is_http(handler):
+                if record.idle_since:
+                    _http.stop_reading(record.request)
+                    closed += 1
+                continue
+            drain = getattr(handler, "handle_drain", None)
+            if drain is None:
+                continue
+            try:
+                drain()
+                closed += 1
+            except Exception as exc:  # one handler must not stop the drain
+                self._rt_tel.error("handle_drain", type(exc).__name__)
+                self.logger.error("handle_drain failed", server=self.server_label, exc_info=True)
+        return closed
+
+    def reclaim_idle(self, wanted: int, idle_for: float = 1.0) -> int:
+        """Free workers for connections that wait: end up to *wanted* keep-alive HTTP
+        connections idle for at least *idle_for* seconds, oldest first (as nginx
+        reuses idle keep-alive connections when it runs out).  At most every 0.1 s."""
+        now = monotonic()
+        if wanted <= 0 or now - self._rt_reclaimed_at < 0.1:
+            return 0
+        self._rt_reclaimed_at = now
+        idle = sorted(
+            (r for r in list(self._rt_records.values()) if 0.0 < r.idle_since <= now - idle_for),
+            key=lambda r: r.idle_since,
+        )
+        for record in idle[:wanted]:
+            _http.stop_reading(record.request)
+        return min(wanted, len(idle))
+
+    def stalled_for(self) -> float:
+        """Seconds that work has waited while nothing completed (0.0: all is moving).
+
+        Work waits when connections are queued for a worker (pools say when that
+        began) while no request completes and no connection in flight moves a
+        byte, for longer than the idle limit (``connection_timeout``: idle
+        clients holding every worker are cut by then, which is no stall); or
+        when ``accept()`` keeps failing (out of file descriptors).  ``/livez``
+        fails once this passes ``liveness_timeout``.
+        """
+        now = monotonic()
+        stalled = 0.0
+        if self._rt_backoff.paused:
+            stalled = now - self._rt_backoff.since  # nothing accepted since
+        waiting = self._rt_waiting_since()
+        if waiting is not None:
+            waited = now - max(waiting, self._rt_progress_at) - (self.connection_timeout or 0.0)
+            if waited > 0.0 and self._rt_bytes_moved(now):
+                waited = 0.0  # long requests, but moving: a full pool, not a stuck one
+            stalled = max(stalled, waited)
+        return max(0.0, stalled)
+
+    def _rt_bytes_moved(self, now: float) -> bool:
+        """Whether any connection in flight sent or received bytes since the last look.
+
+        The kernel's counts (TCP_INFO), read at most once a second and only while
+        work waits: a slow download is progress, a handler stuck on a lock is not.
+        """
+        if now - self._rt_bytes_seen_at < 1.0:
+            return False
+        self._rt_bytes_seen_at = now
+        moved = False
+        for record in list(self._rt_records.values()):
+            io = request_bytes(record.request, self.address_family)
+            if io is None:
+                continue
+            total = io[0] + (io[1] or 0)
+            if total != record.io_seen:
+                record.io_seen = total
+                moved = True
+        if moved:
+            self._rt_progress_at = now
+        return moved
+
+    def _rt_waiting_since(self) -> float | None:
+        """monotonic() since when requests wait for a worker (pools override)."""
+        return None
+
+    def _rt_in_child(self) -> None:
+        """In a forked request child: let go of what belongs to the serving loop."""
+        if self._rt_gate is not None:
+            self._rt_gate.release_in_child()
+            self._rt_gate = None
+
     def accept_backlog(self) -> int:
         """Take what the kernel already queued, without blocking; return the count.
 
         Only what is queued when it starts (a TCP listener tells; else at most
-        ``request_queue_size``; datagrams: at most 65536): peers that keep
+        ``request_queue_size``), plus at most ``request_queue_size`` more that
+        arrive while it is taken (datagrams: at most 65536): peers that keep
         sending while the socket is still open cannot keep a drain going.
         A stream listener is closed right after its queue is taken, before the
         connections are processed (processing may wait for a worker), so that
@@ -606,7 +945,9 @@ class InstrumentedMixIn:
         return taken
 
     def _rt_take_queue_and_close(self) -> int:
-        queued = accept_queue_length(self.socket, self.request_queue_size)
+        # What is queued now, and what completes its handshake while we take it (until
+        # the queue is empty): each one left when the listener closes is reset.
+        queued = accept_queue_length(self.socket, self.request_queue_size) + self.request_queue_size
         grabbed: list[tuple[Any, Any, int, float, float]] = []
         failures = 0
         self.socket.setblocking(False)
@@ -633,7 +974,19 @@ class InstrumentedMixIn:
             self.socket.close()
 
     def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None] | None = None) -> bool:
-        """Wait until no request is in flight or ``perf_counter()`` passes *deadline*."""
+        """Wait until no request is in flight or ``perf_counter()`` passes *deadline*.
+
+        Connections still waiting for their request head are looked after
+        meanwhile (the serving loop that did it has stopped).
+        """
+        gate = self._rt_gate
+        while gate is not None and len(gate):
+            remaining = deadline - perf_counter()
+            if remaining <= 0:
+                return False
+            gate.service(min(remaining, 0.05))
+            if heartbeat is not None:
+                heartbeat()
         with self._rt_idle:
             while self._rt_records:
                 remaining = deadline - perf_counter()
@@ -646,7 +999,10 @@ class InstrumentedMixIn:
 
     def force_close(self) -> int:
         """Cut the connections still in flight so their handlers' I/O fails; return the count."""
+        self._rt_forced = True  # server_close() will not wait long for what is stuck
         forced = 0
+        if self._rt_gate is not None:
+            forced += self._rt_gate.close_all("timed_out")
         for record in list(self._rt_records.values()):
             request = record.request
             if isinstance(request, socket.socket):
@@ -659,11 +1015,39 @@ class InstrumentedMixIn:
 
     def server_close(self) -> None:
         self._rt_listening = False
+        if self._rt_gate is not None:
+            self._rt_gate.close()
+            self._rt_gate = None
         super().server_close()  # type: ignore[misc]
         if self._rt_wakeup is not None:
             for fd in self._rt_wakeup:
                 os.close(fd)
             self._rt_wakeup = None
+
+
+_plain_dgram: dict[type, bool] = {}
+
+
+def _plain_datagram_get_request(cls: type) -> bool:
+    """Whether *cls* takes datagrams with ``UDPServer.get_request`` (not an override)."""
+    try:
+        return _plain_dgram[cls]
+    except KeyError:
+        mro = cls.__mro__
+        after = mro[mro.index(InstrumentedMixIn) + 1 :]
+        owner = next((k for k in after if "get_request" in k.__dict__), None)
+        plain = _plain_dgram[cls] = owner is socketserver.UDPServer
+        return plain
+
+
+def _drain_first(handler: Any, handle: Callable[[], Any]) -> Any:
+    handler.handle_drain()
+    return handle()
+
+
+def _sooner(timeout: float | None, wait: float) -> float:
+    wait = max(0.0, wait)
+    return wait if timeout is None else min(timeout, wait)
 
 
 def _constructor_signature(cls: type) -> inspect.Signature:

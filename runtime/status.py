@@ -8,6 +8,12 @@ between samples and turned into quantiles the way ``histogram_quantile``
 does.  Totals are read at request time, so they are exact.  The slowest
 recent requests and the latest errors come from the telemetry's
 :class:`~runtime.telemetry.recent.RecentRequests`.
+
+Outcomes are counted apart, as on the dashboard: ``client_closed`` (the
+client left mid-request) and ``timed_out`` (a time limit ended it) are
+neither errors (the error rate and the error list leave them out) nor served
+requests (the latency quantiles leave them out, as the latency SLO does: they
+last as long as the client dawdled or the limit allowed).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ class _Sample:
     wall: float  # time.time()
     mono: float  # time.monotonic()
     counts: dict[str, float]  # requests by outcome, cumulative
-    buckets: tuple[float, ...]  # cumulative latency bucket counts (ok + error), +Inf last
+    buckets: tuple[float, ...]  # cumulative latency bucket counts (_SERVED), +Inf last
 
 
 class StatusBoard:
@@ -133,7 +139,7 @@ class StatusBoard:
             counts[outcome] = counts.get(outcome, 0.0) + value
         buckets: dict[float, float] = {}
         for labels, value in _samples(families["duration"], "_bucket"):
-            if labels["outcome"] != "rejected":  # refused at once: not a latency
+            if labels["outcome"] in _SERVED:
                 le = float(labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + value
         self._bounds = tuple(sorted(buckets))
@@ -171,8 +177,9 @@ class StatusBoard:
         samples = [*self._samples, current]
         totals = {outcome: int(current.counts.get(outcome, 0)) for outcome in _OUTCOMES}
         totals["requests"] = sum(totals.values())
-        for role in ("slow", "timed_out"):
-            totals[role] = int(sum(v for _, v in _samples(families[role], "_total")))
+        # Not outcomes: slow ones still end ok or error, the watchdog's are some of timed_out.
+        for role, key in (("slow", "slow"), ("timed_out", "watchdog_timed_out")):
+            totals[key] = int(sum(v for _, v in _samples(families[role], "_total")))
         recent = self.telemetry.recent if self.telemetry is not None else None
         window = recent.window if recent is not None else _WINDOW
         window_start = _first_within(samples, current.mono - window)
@@ -182,13 +189,22 @@ class StatusBoard:
             window=_interval(window_start, current, self._bounds),
             history=[_interval(a, b, self._bounds) for a, b in itertools.pairwise(samples)],
             slowest=recent.slowest() if recent is not None else [],
-            errors=recent.errors() if recent is not None else [],
+            errors=_errors(recent.errors()) if recent is not None else [],
         )
         return doc
 
 
-_OUTCOMES = ("ok", "error", "rejected")
+#: Every outcome (the metric catalogue's, ``runtime.telemetry.metrics.OUTCOMES``).
+_OUTCOMES = ("ok", "error", "rejected", "client_closed", "timed_out")
+#: Served requests, whose duration is the server's latency: not refused at once
+#: (rejected), nor as long as a client stayed or a limit allowed (client_closed, timed_out).
+_SERVED = frozenset({"ok", "error"})
 _WINDOW = 300.0  # seconds: the latency card's window without a RecentRequests (its default)
+
+
+def _errors(recent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The server's errors among the recent failures: not clients that left, nor time-outs."""
+    return [entry for entry in recent if entry.get("outcome") == "error"]
 
 
 def _samples(families: Iterable[Any], suffix: str) -> Iterable[tuple[dict[str, str], float]]:
@@ -216,6 +232,8 @@ def _interval(a: _Sample, b: _Sample, bounds: tuple[float, ...]) -> dict[str, An
         "rate": round(sum(done.values()) / seconds, 3),
         "error_rate": round(done["error"] / seconds, 3),
         "rejected_rate": round(done["rejected"] / seconds, 3),
+        "client_closed_rate": round(done["client_closed"] / seconds, 3),
+        "timed_out_rate": round(done["timed_out"] / seconds, 3),
     }
     counts: list[float] = []
     if len(a.buckets) == len(b.buckets):  # the same buckets (they never change in one run)

@@ -129,6 +129,7 @@ class Watchdog:
     def _end(self, record: RequestRecord, age: float) -> None:
         where = _where(record)  # the stack before we cut the request
         record.fail("watchdog", RequestTimeout(f"ran {age:.3f}s, timeout {self.timeout}s"))
+        record.ended = "timed_out"
         self.server._rt_tel.request_timed_out()
         if record.pid:
             try:

@@ -5,7 +5,9 @@ Importable as ``handlers:Name`` with this folder on PYTHONPATH.
 
 from __future__ import annotations
 
+import http.server
 import socketserver
+import time
 
 
 class HoldHandler(socketserver.StreamRequestHandler):
@@ -81,3 +83,32 @@ def hang_forever() -> None:
 
     while True:
         time.sleep(3600)
+
+
+class FloodHandler(socketserver.StreamRequestHandler):
+    """Reads a line, says ``go``, then writes until the client is gone (it resets)."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"go\n")
+        chunk = b"x" * 65536
+        while True:
+            self.wfile.write(chunk)
+
+
+class SlowHTTPHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive; ``GET /slow`` takes a second, anything else answers at once."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(1.0)
+        body = f"{self.path}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass

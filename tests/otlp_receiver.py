@@ -1,9 +1,11 @@
-"""A real OTLP/HTTP trace receiver for tests: decodes the protobuf requests it is sent."""
+"""OTLP/HTTP collectors for tests: a real trace receiver that decodes what it is sent, and one
+that never answers."""
 
 from __future__ import annotations
 
 import gzip
 import http.server
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,3 +91,44 @@ class OTLPReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class SilentCollector:
+    """A collector that hangs: listens on 127.0.0.1 (port 0), accepts, never reads nor answers.
+
+    ``connections`` counts the connections accepted (an exporter trying to
+    export); they stay open until :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._held.append(conn)
+
+    def close(self) -> None:
+        try:  # wakes the blocked accept() (close alone does not, on Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        self._thread.join(10)
+        for conn in self._held:
+            conn.close()

@@ -164,20 +164,33 @@ def test_slow_peers_cannot_starve_the_probes() -> None:
 
 def test_a_peer_hanging_up_is_not_logged_as_an_admin_error() -> None:
     import io
+    import struct
 
-    from runtime.admin import _AdminHandler, _AdminHTTPServer
+    from runtime.lifecycle import Lifecycle
     from runtime.telemetry.logging import make_logger
 
+    def render(accept: str) -> tuple[bytes, str]:
+        if "fail" in accept:
+            raise ValueError("a real bug")
+        return b"x" * (8 << 20), "text/plain"  # more than the kernel buffers: still writing
+
     stream = io.StringIO()
-    server = _AdminHTTPServer(("127.0.0.1", 0), _AdminHandler, logger=make_logger(stream=stream))
+    admin = AdminServer(
+        ("127.0.0.1", 0), lifecycle=Lifecycle(), render_metrics=render,
+        logger=make_logger(stream=stream, fmt="json"),
+    )  # fmt: skip
+    admin.start()
     try:
-        for error in (BrokenPipeError(32, "Broken pipe"), ValueError("a real bug")):
-            try:
-                raise error
-            except Exception:
-                server.handle_error(None, ("127.0.0.1", 1))
+        with socket.create_connection(admin.address, timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            sock.recv(1024)  # the response has begun; now reset the connection under it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn = http.client.HTTPConnection(*admin.address, timeout=5)
+        conn.request("GET", "/metrics", headers={"Accept": "fail"})
+        assert conn.getresponse().status == 500
+        conn.close()
     finally:
-        server.server_close()
+        admin.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and "a real bug" in lines[0]
 

@@ -32,19 +32,21 @@ BAD = [
     (["nosuchmodule_xyz:Handler"], {}, "HANDLER", "cannot import module"),
     (["handlers:Missing"], {}, "HANDLER", "has no 'Missing'"),
     (["nonsense-name"], {}, "HANDLER", "not module:Class"),
-    (["--max-children", "0"], {}, "--max-children", "at least 1"),
-    (["--max-children", "many"], {}, "--max-children", "invalid int"),
+    (["--max-children", "0"], {}, "--max-children", "at least 1 and at most 4096"),
+    (["--max-children", "many"], {}, "--max-children", "not a whole number"),
     (["--bind", "127.0.0.1"], {}, "--bind", "not host:port"),
     (["--bind", "127.0.0.1:99999"], {}, "--bind", "0-65535"),
     (["--bind", "::1:9000"], {}, "--bind", "brackets"),
     (["--bind", "unix:"], {}, "--bind", "no socket path"),
     (["--mode", "async"], {}, "--mode", "invalid choice"),
-    (["--drain-delay", "-1"], {}, "--drain-delay", "0 or more"),
+    (["--drain-delay", "-1"], {}, "--drain-delay", "at least 0 and at most 86400 seconds"),
+    (["--worker-tmp-dir", "/dev/shm"], {}, "--worker-tmp-dir", "applies to --mode prefork only"),
     (["--server", "builtins:dict"], {}, "--server", "not a socketserver.BaseServer"),
     (["--server", "nosuchmodule_xyz:Server"], {}, "--server", "cannot import"),
-    ([], {"RUNTIME_MAX_CHILDREN": "lots"}, "RUNTIME_MAX_CHILDREN", "not a valid int"),
+    ([], {"RUNTIME_MAX_CHILDREN": "lots"}, "RUNTIME_MAX_CHILDREN", "not a whole number"),
     ([], {"RUNTIME_MAX_CHILDERN": "8"}, "RUNTIME_MAX_CHILDERN", "unknown setting"),
-    ([], {"RUNTIME_MODE": "turbo"}, "--mode", "not one of"),
+    ([], {"RUNTIME_MODE": "turbo"}, "RUNTIME_MODE", "not one of"),
+    ([], {"RUNTIME_WORKERS": "2"}, "RUNTIME_WORKERS", "applies to --mode prefork only"),
     ([], {"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER", "not one of"),
     (
         [],
@@ -205,3 +207,43 @@ def test_none_is_a_value_for_choices_and_turns_seconds_off() -> None:
                       "off"], {"RUNTIME_REQUEST_TIMEOUT": "5"})  # fmt: skip
     assert settings.traces == "none"
     assert settings.request_timeout is None and settings.request_warn_after is None
+
+
+def test_a_flag_names_itself_even_when_a_variable_set_the_same_setting() -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from({"RUNTIME_MODE": "fork"}, {"mode": "turbo"})
+    assert info.value.setting == "--mode"
+
+
+def test_the_new_settings_have_their_documented_defaults() -> None:
+    s = Settings()
+    assert (s.flush_timeout, s.header_timeout, s.worker_tmp_dir) == (5.0, 10.0, None)
+    from runtime.cli import parse
+
+    given = parse(["--mode", "prefork", "--flush-timeout", "0", "--header-timeout", "none",
+                   "--worker-tmp-dir", "/dev/shm"], {})  # fmt: skip
+    assert given.flush_timeout == 0 and given.header_timeout is None
+    assert given.worker_tmp_dir == "/dev/shm"
+
+
+@pytest.mark.parametrize("mode", ["thread", "prefork"])
+def test_flush_timeout_and_worker_tmp_dir_reach_the_runtime(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime import app
+
+    given: dict[str, object] = {}
+
+    class Recorder:
+        def __init__(self, server: object, **kwargs: object) -> None:
+            given.update(kwargs)
+
+    monkeypatch.setattr(app, "route_stdlib_logging", lambda **_: None)  # no global logging
+    monkeypatch.setattr(app, "Runtime", Recorder)
+    monkeypatch.setattr(app, "Prefork", Recorder)
+    extra = {"workers": 1, "worker_tmp_dir": "/dev/shm"} if mode == "prefork" else {}
+    settings = Settings(mode=mode, bind="127.0.0.1:0", admin=None, flush_timeout=1.5, **extra)
+    app.build(settings).server.server_close()
+    assert given["flush_timeout"] == 1.5
+    if mode == "prefork":
+        assert given["worker_tmp_dir"] == "/dev/shm"

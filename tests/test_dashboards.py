@@ -268,6 +268,40 @@ def test_every_exposed_family_is_on_the_dashboard(exposed: tuple[set[str], set[s
     assert not missing, f"exposed but on no panel: {sorted(missing)}"
 
 
+def _outcomes(expr: str) -> set[str]:
+    """Every outcome an ``outcome`` matcher of *expr* names (regex alternatives split)."""
+    found = re.findall(r'outcome\s*(?:=~|!~|=|!=)\s*"([^"]*)"', expr)
+    return {value for values in found for value in values.split("|")}
+
+
+def test_outcomes_are_real_and_apart_and_only_error_is_an_error() -> None:
+    """Every outcome has its own colour wherever outcomes are drawn; a ratio of errors counts
+    only outcome="error", and no client that left (client_closed) or time-out (timed_out)
+    in its denominator either: a flood of them would dilute it."""
+    from runtime.telemetry.metrics import OUTCOMES
+
+    queries = all_queries()
+    named = set().union(*(_outcomes(q.expr) for q in queries))
+    assert {"error", "client_closed", "timed_out"} <= named <= set(OUTCOMES), named
+    by_outcome = [q.panel_json for q in queries if q.target.get("legendFormat") == "{{outcome}}"]
+    assert len(by_outcome) >= 2  # requests by outcome, client closed and timed out
+    for panel in by_outcome:
+        colours = {
+            o["matcher"]["options"]: prop["value"]["fixedColor"]
+            for o in panel["fieldConfig"]["overrides"]
+            for prop in o["properties"]
+            if o["matcher"]["id"] == "byName" and prop["id"] == "color"
+        }
+        assert set(colours) == set(OUTCOMES), panel["title"]
+        assert len(set(colours.values())) == len(OUTCOMES), f"{panel['title']}: {colours}"
+    ratios = [q for q in queries if q.target.get("legendFormat") == "errors"]
+    assert len(ratios) >= 2  # the stat and the ratio panel
+    for query in ratios:
+        numerator, denominator = query.expr.split(" / ")
+        assert _outcomes(numerator) == {"error"}, query
+        assert not _outcomes(denominator) & {"client_closed", "timed_out"}, query
+
+
 @pytest.mark.parametrize(
     ("expr", "names"),
     [

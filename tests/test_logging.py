@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
 import socket
 import threading
@@ -183,3 +184,117 @@ def test_access_lines_written_directly_match_the_logger_s_own() -> None:
     assert list(fast) == list(slow)  # same keys, same order
     fast.pop("timestamp"), slow.pop("timestamp")
     assert fast == slow and fast["worker"] == 3 and len(fast["trace_id"]) == 32
+
+
+# -- a log reader that stops reading -------------------------------------------------------
+
+
+def _unread_pipe() -> tuple[int, Any]:
+    read_end, write_end = os.pipe()
+    return read_end, os.fdopen(write_end, "w")
+
+
+@pytest.mark.timeout(60)
+def test_every_writer_returns_promptly_when_nobody_reads_and_lines_keep_their_order() -> None:
+    """structlog lines, direct access lines and stdlib records share one bounded sink."""
+    from runtime.telemetry.logging import access_writer, log_sink
+    from runtime.telemetry.logsink import LogSink
+
+    read_end, stream = _unread_pipe()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    sink = LogSink(stream, max_pending=16 * 1024)  # a sink may be given as the stream
+    logger = make_logger(fmt="json", stream=sink)
+    route_stdlib_logging(fmt="json", stream=sink)
+    writer = access_writer(logger)
+    assert writer is not None
+    assert log_sink(logger) is sink and root.handlers[0].stream is sink  # type: ignore[attr-defined]
+
+    def write_all() -> None:
+        for n in range(3000):  # ~600 KB: ten pipes' worth
+            if n % 3 == 0:
+                logger.info("structlog", n=n)
+            elif n % 3 == 1:
+                writer({"n": n}, None)
+            else:
+                logging.getLogger("app").warning("stdlib %d", n)
+
+    thread = threading.Thread(target=write_all, daemon=True)
+    try:
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), "a log write blocked on a pipe nobody reads"
+        assert sink.dropped > 0
+        lines: list[dict[str, Any]] = []
+        reader = threading.Thread(target=lambda: lines.extend(
+            json.loads(line) for line in os.fdopen(read_end, closefd=False)
+        ), daemon=True)  # fmt: skip
+        reader.start()
+        assert sink.drain(30)
+    finally:  # EOF for the reader (and an error, not a hang, for a blocked writer)
+        sink.close()  # the descriptor of its own
+        stream.close()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    reader.join(30)
+    os.close(read_end)
+    numbered = [line for line in lines if line["event"] != "log lines dropped"]
+    assert [line["event"] for line in numbered[:3]] == ["structlog", "request", "stdlib 2"]
+    numbers = [line["n"] if "n" in line else int(line["event"].split()[1]) for line in numbered]
+    assert numbers == sorted(numbers) and len(numbers) + sink.dropped == 3000
+    assert lines[-1] == {"count": sink.dropped, "pid": os.getpid(), "event": "log lines dropped",
+                         "level": "warning", "timestamp": lines[-1]["timestamp"]}  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_a_process_exits_promptly_with_lines_nobody_read() -> None:
+    import subprocess
+    import sys
+
+    from _proc import ROOT, env
+
+    read_end, write_end = os.pipe()
+    script = (
+        "from runtime.telemetry.logging import make_logger\n"
+        "log = make_logger(fmt='json')\n"
+        "for n in range(3000): log.info('line', n=n)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env(), stderr=write_end)
+    os.close(write_end)
+    try:
+        # A second or so to write what it can (EXIT_DRAIN_SECONDS), then it leaves.
+        assert proc.wait(20) == 0
+        with os.fdopen(read_end) as pipe:
+            lines = [json.loads(line) for line in pipe]  # what fitted, whole
+        assert [line["n"] for line in lines] == list(range(len(lines)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_the_dropped_lines_report_comes_in_the_logger_s_format() -> None:
+    from runtime.telemetry.logsink import LogSink
+
+    read_end, stream = _unread_pipe()
+    sink = LogSink(stream, max_pending=1024)
+    logger = make_logger(fmt="console", stream=sink)
+    try:
+        for n in range(2000):  # ~100 KB of console lines: the pipe fills, then the buffer
+            logger.info("console line", n=n)
+        assert sink.dropped > 0
+        with os.fdopen(read_end, closefd=False) as pipe:
+            first = pipe.readline()
+            assert "console line" in first and not first.startswith("{")
+            seen = ""
+            while "log lines dropped" not in seen:  # the reader reads: the rest, then the report
+                seen = pipe.readline()
+        assert "[warning  ] log lines dropped" in seen and f"count={sink.dropped}" in seen
+    finally:
+        sink.close()
+        stream.close()
+        os.close(read_end)

@@ -64,7 +64,10 @@ def test_shutdown_exports_what_is_queued_and_then_nothing_more() -> None:
 
 def test_a_full_queue_drops_and_counts_instead_of_growing() -> None:
     exporter = Recorder()
-    processor = BatchSpanProcessor(exporter, max_queue_size=3, schedule_delay_millis=60_000)
+    drops: list[int] = []
+    processor = BatchSpanProcessor(
+        exporter, max_queue_size=3, schedule_delay_millis=60_000, on_drop=drops.append
+    )
     processor.max_export_batch_size = 10  # never woken early: the queue only fills
     provider = TracerProvider()
     provider.add_span_processor(processor)
@@ -72,9 +75,20 @@ def test_a_full_queue_drops_and_counts_instead_of_growing() -> None:
     for i in range(5):
         tracer.start_span(f"s{i}").end()
     assert processor.dropped == 2
+    assert drops == [1, 1]  # each reported as it happens, on the thread that ended it
     processor.force_flush()
     assert [n for b in exporter.batches for n in b] == ["s0", "s1", "s2"]
     provider.shutdown()
+
+
+def test_the_provider_reports_drops_to_an_on_drop_given_or_set_later() -> None:
+    given: list[int] = []
+    provider = tracer_provider(Recorder(), on_drop=given.append)
+    later: list[int] = []
+    provider.on_drop = later.append  # as the app does once its Telemetry exists
+    provider.shutdown()
+    provider.get_tracer("t").start_span("after shutdown").end()
+    assert (given, later) == ([], [1])
 
 
 def test_unsampled_spans_are_not_queued() -> None:
@@ -110,20 +124,23 @@ def test_a_forked_child_starts_no_thread_until_it_ends_a_span_and_exports_its_ow
         code = 1
         try:
             before = [t.name for t in threading.enumerate()]
+            dropped = provider.flush_or_drop(1000)  # nothing queued here: no thread either
+            flushed = [t.name for t in threading.enumerate()]
             tracer.start_span("child").end()
             provider.force_flush()
             after = len(export_threads())
             names = [n for b in exporter.batches for n in b]
-            os.write(write_end, json.dumps([before, after, names]).encode())
+            os.write(write_end, json.dumps([before, dropped, flushed, after, names]).encode())
             code = 0
         finally:
             os._exit(code)
     os.close(write_end)
     _, status = os.waitpid(pid, 0)
     with os.fdopen(read_end) as pipe:
-        before, after, names = json.loads(pipe.read())
+        before, dropped, flushed, after, names = json.loads(pipe.read())
     assert os.waitstatus_to_exitcode(status) == 0
     assert before == ["MainThread"]  # the fork started nothing
+    assert (dropped, flushed) == (0, ["MainThread"])  # nor did a flush with nothing queued
     assert after == 1  # the child's first span started its own exporter thread
     assert names == ["child"]  # the parent's queued span is the parent's to export
     provider.force_flush()
@@ -155,6 +172,7 @@ def test_fork_mode_children_reach_the_handler_without_starting_threads() -> None
                 sock.shutdown(socket.SHUT_WR)
                 counts.append(sock.makefile("rb").readline())
         assert counts == [b"1\n"] * 3
+
         def exported() -> list[str]:
             provider.force_flush()
             return [n for b in exporter.batches for n in b]

@@ -443,13 +443,26 @@ def test_reuse_port_workers_serve_and_drain(started: list[RuntimeProcess]) -> No
 
 def test_a_killed_supervisor_s_folder_is_removed_by_the_next(started: list[RuntimeProcess]) -> None:
     first = prefork(started, "handlers:PidHandler", "--workers", "1")
-    (start,) = [x for x in log_lines("".join(first.stderr_lines())) if x.get("event") == "prefork"]
+    lines = log_lines("".join(first.stderr_lines()))
+    (start,) = [x for x in lines if x.get("event") == "prefork"]
+    workers = [int(x["pid"]) for x in lines if x.get("event") == "worker started"]
     folder = Path(str(start["metrics_dir"])).parent
     first.proc.kill()  # no cleanup; its worker notices and stops
     first.proc.wait(10)
     assert folder.exists()
+    # The orphaned worker holds the folder's lock until it is gone: only then is it stale.
+    poll(lambda: all(_gone(pid) for pid in workers), timeout=20, what="the orphaned worker gone")
     prefork(started, "handlers:PidHandler", "--workers", "1")
     assert not folder.exists()
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper holds no lock any more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_unix_stream_prefork(started: list[RuntimeProcess], tmp_path: Path) -> None:
@@ -532,8 +545,10 @@ def test_an_idle_client_does_not_get_a_sync_worker_aborted_as_hung(
     started: list[RuntimeProcess],
 ) -> None:
     """A sync worker waiting on an idle connection does not beat: its idle limit stays below."""
+    # (--header-timeout none: the idle client reaches the handler, instead of waiting for
+    # its first line in the serving loop, where the worker keeps beating anyway)
     rt = prefork(started, "echo", "--workers", "1", "--worker-timeout", "2",
-                 "--connection-timeout", "60")  # fmt: skip
+                 "--connection-timeout", "60", "--header-timeout", "none")  # fmt: skip
     idle = socket.create_connection(rt.address, timeout=20)
     with idle:
         idle.settimeout(20)

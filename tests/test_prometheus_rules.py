@@ -94,6 +94,8 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         "SocketserverLatencySLOBurn", "SocketserverPoolSaturated", "SocketserverQueueWaitHigh",
         "SocketserverRequestsRejected", "SocketserverDrainingTooLong",
         "SocketserverWorkersRestarting", "SocketserverWorkerHung", "SocketserverNoReadyWorkers",
+        "SocketserverRequestsEndedEarly", "SocketserverAcceptFailing",
+        "SocketserverTelemetryDropped",
     } <= names  # fmt: skip
     for rule in _alerts():
         name = rule["alert"]
@@ -131,6 +133,23 @@ def test_latency_slo_threshold_is_a_bucket_boundary() -> None:
     for le in thresholds:
         assert float(le) in LATENCY_BUCKETS, f'le="{le}" is not a bucket boundary'
         assert le == repr(float(le)), f'le="{le}" is not written as the client writes it'
+
+
+def _outcomes(text: str) -> set[str]:
+    """Every outcome an ``outcome`` matcher names (regex alternatives split)."""
+    found = re.findall(r'outcome\s*(?:=~|!~|=|!=)\s*"([^"]*)"', text)
+    return {value for values in found for value in values.split("|")}
+
+
+def test_rules_and_their_tests_name_only_real_outcomes() -> None:
+    """A misspelt outcome ("client-closed") would pass promtool's tests written with the same
+    spelling, and match nothing in production."""
+    from runtime.telemetry.metrics import OUTCOMES
+
+    in_rules = _outcomes(RULES.read_text())
+    in_tests = _outcomes((PROMETHEUS / "rules_test.yml").read_text())
+    assert {"error", "client_closed", "timed_out"} <= in_rules
+    assert in_rules | in_tests <= set(OUTCOMES), (in_rules | in_tests) - set(OUTCOMES)
 
 
 def test_committed_prometheusrule_is_generated_from_rules_yml() -> None:

@@ -92,6 +92,12 @@ def _request(address: tuple[str, int], line: bytes) -> tuple[str, int]:
 OK, FAILED = 5, 2
 
 
+def _settled(doc: dict[str, Any], requests: int) -> bool:
+    """Whether *doc* has counted *requests* requests and none is still in flight."""
+    return bool(doc["totals"]["requests"] == requests
+                and all(s["in_flight"] == 0 for s in doc["servers"]))  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[dict[str, Any]]:
     """A runtime with traces on, after OK ok requests, FAILED failures and one slow request.
@@ -109,8 +115,11 @@ def served() -> Iterator[dict[str, Any]]:
         for _ in range(FAILED):
             _request(rt.address, b"fail")
         slow_client = _request(rt.address, b"slow")
-        poll(lambda: json.loads(rt.get("/status.json")[2])["totals"]["requests"] == OK + FAILED + 1,
-             what="the status document to count every request")  # fmt: skip
+        # A request is counted first and leaves "in flight" last (after the recent
+        # requests and its access line): wait for both, or a reader can catch the
+        # last one counted but not yet in the slowest list, or still in flight.
+        poll(lambda: _settled(json.loads(rt.get("/status.json")[2]), OK + FAILED + 1),
+             what="the status document to count every request, none in flight")  # fmt: skip
         info: dict[str, Any] = {"rt": rt, "slow_client": "{}:{}".format(*slow_client)}
         yield info
     finally:
@@ -130,7 +139,7 @@ def test_status_json_has_the_server_s_numbers(served: dict[str, Any]) -> None:
     assert doc["state"] == "serving" and doc["ready"] and doc["live"]
     assert doc["totals"] == {
         "requests": OK + FAILED + 1, "ok": OK + 1, "error": FAILED, "rejected": 0,
-        "slow": 0, "timed_out": 0,
+        "client_closed": 0, "timed_out": 0, "slow": 0, "watchdog_timed_out": 0,
     }  # fmt: skip
     (server,) = doc["servers"]
     assert server["mode"] == "thread" and server["workers_max"] == 128
@@ -196,8 +205,50 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _value(driver: Any, element_id: str) -> str:
-    return str(driver.find_element("id", element_id).get_attribute("data-value") or "")
+# The page redraws its tables and charts on every refresh (every 200 ms here), so
+# a WebElement found in one draw goes stale in the next.  The test reads the page
+# through this one script instead: it runs between two draws (the page's script
+# is single-threaded) and returns plain data, so everything read is from one draw.
+_PAGE = """
+const text = node => (node ? node.textContent : null);
+const values = {};
+for (const node of document.querySelectorAll("[id]")) {
+  if (node.dataset.value !== undefined) values[node.id] = node.dataset.value;
+}
+const rows = selector => [...document.querySelectorAll(selector)];
+const section = document.getElementById("workers-section");
+return {
+  loaded: Number(document.body.dataset.loaded || 0),
+  values: values,
+  state: text(document.getElementById("state")),
+  ready: text(document.getElementById("ready")),
+  slowest: rows("#slowest tbody tr").map(tr => ({
+    trace_id: tr.getAttribute("data-trace-id"), text: tr.innerText,
+    trace: text(tr.querySelector(".trace")), duration: text(tr.querySelector(".duration")),
+  })),
+  slowest_text: document.querySelector("#slowest tbody").innerText,
+  errors: rows("#errors tbody tr").map(tr => ({
+    error_type: text(tr.querySelector(".error-type")), text: tr.innerText,
+  })),
+  injected: document.getElementById("injected") !== null,
+  charts: Object.fromEntries(["chart-rate", "chart-latency"].map(id => [
+    id, rows("#" + id + " path.line").map(path => Number(path.dataset.points)),
+  ])),
+  workers_shown: !section.hidden && section.getClientRects().length > 0,
+  workers: rows("#workers tbody tr[data-worker]").map(tr => ({
+    worker: tr.getAttribute("data-worker"), state: tr.cells[3].textContent,
+  })),
+};
+"""
+
+
+def _page(driver: Any) -> dict[str, Any]:
+    """What the page shows now, read in one go (see ``_PAGE``)."""
+    return dict(driver.execute_script(_PAGE))
+
+
+def _console_problems(driver: Any) -> list[dict[str, Any]]:
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
 
 
 def test_page_shows_the_server_s_numbers_without_console_errors(
@@ -205,46 +256,51 @@ def test_page_shows_the_server_s_numbers_without_console_errors(
 ) -> None:
     rt: RuntimeProcess = served["rt"]
     browser.get(rt.admin + "/?refresh=200")
-    poll(lambda: _value(browser, "total-requests") == str(OK + FAILED + 1), timeout=20,
-         what="the page to show the request count")  # fmt: skip
+    poll(lambda: _page(browser)["values"].get("total-requests") == str(OK + FAILED + 1),
+         timeout=20, what="the page to show the request count")  # fmt: skip
     # Several refreshes later (each fetch of /status.json is admin traffic, never counted):
-    loads = int(browser.find_element("tag name", "body").get_attribute("data-loaded"))
-    poll(lambda: int(browser.find_element("tag name", "body").get_attribute("data-loaded"))
-         >= loads + 3, what="three more refreshes")  # fmt: skip
-    assert _value(browser, "total-requests") == str(OK + FAILED + 1)
-    assert _value(browser, "total-ok") == str(OK + 1)
-    assert _value(browser, "total-error") == str(FAILED)
-    assert _value(browser, "total-rejected") == "0"
-    assert _value(browser, "workers-max") == "128"
-    assert _value(browser, "in-flight") == "0"
-    assert browser.find_element("id", "state").text == "serving"
-    assert browser.find_element("id", "ready").text == "ready"
+    loads = _page(browser)["loaded"]
+    page: dict[str, Any] = {}
+
+    def refreshed() -> bool:
+        page.update(_page(browser))
+        return bool(page["loaded"] >= loads + 3)
+
+    poll(refreshed, what="three more refreshes")
+    values = page["values"]
+    assert values["total-requests"] == str(OK + FAILED + 1)
+    assert values["total-ok"] == str(OK + 1)
+    assert values["total-error"] == str(FAILED)
+    assert values["total-rejected"] == "0"
+    assert values["total-client_closed"] == "0" and values["total-timed_out"] == "0"
+    assert values["workers-max"] == "128"
+    assert values["in-flight"] == "0"
+    assert page["state"] == "serving"
+    assert page["ready"] == "ready"
 
     # The slowest request: the slow one, with the trace id its access line has.
-    first = browser.find_element("css selector", "#slowest tbody tr")
-    page_trace_id = first.get_attribute("data-trace-id")
-    assert served["slow_client"] in first.text
-    assert first.find_element("css selector", ".trace").text == page_trace_id
-    duration = first.find_element("css selector", ".duration").text
+    first = page["slowest"][0]
+    page_trace_id = first["trace_id"]
+    assert served["slow_client"] in first["text"]
+    assert first["trace"] == page_trace_id
+    duration = first["duration"]
     assert duration.endswith(" ms") and 400 <= float(duration.split()[0]) < 5000
     served["page_trace_id"] = page_trace_id
 
     # Errors, with the handler's message as text, not markup.
-    errors = browser.find_elements("css selector", "#errors tbody tr")
+    errors = page["errors"]
     assert len(errors) == FAILED
-    assert all(row.find_element("css selector", ".error-type").text == "ValueError"
-               for row in errors)  # fmt: skip
-    assert StatusHandler.MESSAGE in errors[0].text
-    assert browser.find_elements("id", "injected") == []
+    assert all(row["error_type"] == "ValueError" for row in errors)
+    assert StatusHandler.MESSAGE in errors[0]["text"]
+    assert page["injected"] is False
 
     # Both charts drew their lines.
     for chart, lines in (("chart-rate", 2), ("chart-latency", 3)):
-        paths = browser.find_elements("css selector", f"#{chart} path.line")
-        assert len(paths) == lines
-        assert int(paths[0].get_attribute("data-points")) >= 1
+        points = page["charts"][chart]
+        assert len(points) == lines
+        assert points[0] >= 1
 
-    problems = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
-    assert problems == []
+    assert _console_problems(browser) == []
 
 
 def test_trace_ids_on_the_page_are_the_requests_own(served: dict[str, Any]) -> None:
@@ -265,19 +321,27 @@ def test_prefork_page_shows_the_pool_its_workers_and_their_summed_totals(browser
         "handlers:StatusHandler", "--mode", "prefork", "--workers", "2", "--log-format", "json"
     )
     try:
-        for _ in range(4):
-            _request(rt.address, b"hello")
-        _request(rt.address, b"fail")
 
         def doc() -> dict[str, Any]:
             return dict(json.loads(rt.get("/status.json")[2]))
 
-        def counted(status: dict[str, Any]) -> bool:  # the counters, then each worker's own count
+        # /readyz turns 200 with the first ready worker; the other may still be
+        # booting, so wait (through the admin port) until both say ready.
+        poll(lambda: [w["state"] for w in doc().get("workers", [])] == ["ready", "ready"],
+             timeout=20, what="both workers to report ready")  # fmt: skip
+        for _ in range(4):
+            _request(rt.address, b"hello")
+        _request(rt.address, b"fail")
+
+        status: dict[str, Any] = {}
+
+        def counted() -> bool:  # the counters, then each worker's own count
+            status.clear()
+            status.update(doc())
             return bool(status["totals"]["requests"] == 5
                         and sum(w["handled"] for w in status.get("workers", [])) == 5)  # fmt: skip
 
-        poll(lambda: counted(doc()), what="the workers' requests summed")
-        status = doc()
+        poll(counted, what="the workers' requests summed")
         assert status["totals"]["ok"] == 4 and status["totals"]["error"] == 1
         assert status["servers"][0]["mode"] == "prefork"
         assert status["servers"][0]["workers_max"] == 2  # two sync workers
@@ -288,13 +352,18 @@ def test_prefork_page_shows_the_pool_its_workers_and_their_summed_totals(browser
         assert status["recent"] is False and status["slowest"] == []
 
         browser.get(rt.admin + "/?refresh=200")
-        poll(lambda: _value(browser, "total-requests") == "5", timeout=20, what="the page's total")
-        rows = browser.find_elements("css selector", "#workers tbody tr")
-        assert sorted(r.get_attribute("data-worker") for r in rows) == ["0", "1"]
-        assert browser.find_element("id", "workers-section").is_displayed()
-        assert "pre-fork" in browser.find_element("css selector", "#slowest tbody").text
-        assert _value(browser, "workers-max") == "2"
-        problems = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
-        assert problems == []
+        page: dict[str, Any] = {}
+
+        def shown() -> bool:
+            page.update(_page(browser))
+            return bool(page["values"].get("total-requests") == "5")
+
+        poll(shown, timeout=20, what="the page's total")
+        assert sorted(w["worker"] for w in page["workers"]) == ["0", "1"]
+        assert {w["state"] for w in page["workers"]} == {"ready"}
+        assert page["workers_shown"] is True
+        assert "pre-fork" in page["slowest_text"]
+        assert page["values"]["workers-max"] == "2"
+        assert _console_problems(browser) == []
     finally:
         rt.close()

@@ -101,6 +101,14 @@ function hookCell(hooks, total) {
   return td;
 }
 
+// Only the server's own failures are drawn as errors: a client that left
+// (client_closed) or a time limit (timed_out) ended the request early, and a
+// rejected one was refused on purpose.
+function outcomeClass(outcome) {
+  if (outcome === "ok") return "";
+  return outcome === "error" ? "err" : "early";
+}
+
 function rows(tbody, items, columns, emptyText) {
   tbody.replaceChildren();
   if (!items.length) {
@@ -152,7 +160,8 @@ function render(doc) {
     $("fetch-error").textContent = "no telemetry configured: totals, charts and recent requests are off";
     return;
   }
-  for (const key of ["requests", "ok", "error", "rejected", "slow", "timed_out"]) setText("total-" + key, doc.totals[key]);
+  const totals = ["requests", "ok", "error", "rejected", "client_closed", "timed_out", "slow", "watchdog_timed_out"];
+  for (const key of totals) setText("total-" + key, doc.totals[key]);
   const minutes = Math.round(doc.window_seconds / 60);
   setText("window-minutes", minutes);
   for (const span of document.querySelectorAll(".window-minutes")) span.textContent = String(minutes);
@@ -178,7 +187,7 @@ function render(doc) {
     tr.append(el("td", { class: "num" }, clock(r.started)));
     tr.append(el("td", { class: "num duration" }, ms(r.duration_ms)));
     tr.append(el("td", { class: "mono" }, r.client));
-    tr.append(el("td", { class: r.outcome === "ok" ? "" : "err" }, r.outcome));
+    tr.append(el("td", { class: outcomeClass(r.outcome) }, r.outcome));
     tr.append(hookCell(r.hooks, r.duration_ms));
     tr.append(el("td", { class: "mono trace" }, r.trace_id || "not sampled"));
     slow.append(tr);

@@ -78,9 +78,13 @@ class Telemetry:
 
         return render(self.registry, accept)
 
-    def flush(self, timeout: float) -> None:
-        if self.tracing is not None:
-            self.tracing.flush(timeout)
+    def flush(self, timeout: float) -> int:
+        """Export what is queued within *timeout* seconds; return the spans dropped doing so."""
+        return self.tracing.flush(timeout) if self.tracing is not None else 0
+
+    def dropped(self, what: str, count: int = 1) -> None:
+        """Count *count* log lines (``what="log_lines"``) or spans (``"spans"``) dropped."""
+        self.metrics.dropped.labels(what).inc(count)
 
 
 class _Bound:
@@ -101,6 +105,7 @@ class _Bound:
         self.child_reaped = metrics.child_reaped
         self.request_slow = metrics.request_slow
         self.request_timed_out = metrics.request_timed_out
+        self.datagram_truncated = metrics.datagram_truncated
         self.state_changed = metrics.state_changed
         if tracing is not None:
             self.activate = tracing.activate  # type: ignore[method-assign]
@@ -123,8 +128,8 @@ class _Bound:
         if self._tracing is not None:
             self._tracing.request_finished(record, end)
 
-    def flush(self, timeout: float) -> None:
-        self._owner.flush(timeout)
+    def flush(self, timeout: float) -> int:
+        return self._owner.flush(timeout)
 
     def child_begin(self) -> None:
         if self._tracing is not None:

@@ -35,13 +35,17 @@ class RequestRecord:
 
     __slots__ = (
         "client_address",
+        "ended",
         "error",
         "error_hook",
         "error_type",
         "exemplar",
         "fields",
+        "handler",
         "hooks",
+        "idle_since",
         "io",
+        "io_seen",
         "perf",
         "pid",
         "queued",
@@ -73,6 +77,14 @@ class RequestRecord:
         self.pid = 0  # the forked child running it, in fork mode
         self.watch = 0  # the watchdog's flags
         self.io: tuple[int, int | None] | None = None  # bytes in, out (None: not known)
+        #: Why the request ended early, when not the server's fault: "client_closed" (the
+        #: peer reset or closed it mid-request) or "timed_out" (a time limit ended it).
+        self.ended = ""
+        self.handler: Any = None  # the handler instance while it runs (drain hooks)
+        #: monotonic() since when the connection waits, idle, for its next request
+        #: (keep-alive HTTP between requests); 0.0 while a request is in progress.
+        self.idle_since = 0.0
+        self.io_seen = 0  # bytes in + out when the liveness check last looked
 
     def fail(self, hook: str, exc: BaseException) -> None:
         """Remember the first (innermost) failure of this request."""
@@ -83,8 +95,11 @@ class RequestRecord:
 
     @property
     def outcome(self) -> str:
+        """ok, error, rejected, client_closed or timed_out (see the metric catalogue)."""
         if self.rejected:
             return "rejected"
+        if self.ended:
+            return self.ended
         return "error" if self.error_type else "ok"
 
 
@@ -139,9 +154,15 @@ class ServerTelemetry(Protocol):
 
     def request_timed_out(self) -> None: ...
 
+    def datagram_truncated(self) -> None:
+        """A datagram longer than ``max_packet_size`` arrived and was cut to it."""
+        ...
+
     def state_changed(self, state: str) -> None: ...
 
-    def flush(self, timeout: float) -> None: ...
+    def flush(self, timeout: float) -> int:
+        """Export what is queued, within *timeout* seconds; return how many spans were dropped."""
+        ...
 
     # Forked children: begin/end run in the child around the request, and what
     # child_end returns (picklable) reaches child_merge in the parent.
@@ -188,11 +209,14 @@ class NullTelemetry:
     def request_timed_out(self) -> None:
         pass
 
+    def datagram_truncated(self) -> None:
+        pass
+
     def state_changed(self, state: str) -> None:
         pass
 
-    def flush(self, timeout: float) -> None:
-        pass
+    def flush(self, timeout: float) -> int:
+        return 0
 
     def child_begin(self) -> None:
         pass

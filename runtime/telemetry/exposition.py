@@ -10,22 +10,38 @@ escaped once and remembered, and a value is formatted with one ``repr``.
 Anything this renderer does not handle the same way (native histograms,
 names outside the classic character set, timestamps) goes to
 prometheus-client's encoder, whole.
+
+The format is prometheus-client's choice for the ``Accept`` header, made safe
+first (:func:`negotiate`): its ``choose_encoder`` raises ``TypeError`` on a
+version that is not all numbers (``version=abc``, ``version=1.x``) and echoes
+the version it was given into ``Content-Type``.  Here a media range whose
+version is not dotted digits, or whose ``q`` is not a number in [0, 1], is
+dropped as unacceptable, ranges are tried in ``q`` order (prometheus-client
+takes the first that it knows, whatever its ``q``), and anything left that
+still fails gets the Prometheus text format 0.0.4, which every scraper reads.
+What Prometheus sends (2.x and 3.x: OpenMetrics 1.0.0, then OpenMetrics 0.0.1,
+then text, with descending ``q``) negotiates as before.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
-__all__ = ["render"]
+__all__ = ["negotiate", "render"]
+
+Encoder = Callable[[Any], bytes]
 
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABELS_CACHE_MAX = 20_000
 _OM_PREFIX = "application/openmetrics-text"
+_VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)*", re.ASCII)
+_MAX_RANGES = 32  # media ranges looked at in one Accept header
 
 
 class _Fallback(Exception):
@@ -33,8 +49,11 @@ class _Fallback(Exception):
 
 
 def render(registry: Any, accept: str = "") -> tuple[bytes, str]:
-    """The registry as Prometheus text, or OpenMetrics when *accept* asks for it."""
-    encoder, content_type = choose_encoder(accept)
+    """The registry as Prometheus text, or OpenMetrics when *accept* asks for it.
+
+    Never raises because of *accept*: see :func:`negotiate`.
+    """
+    encoder, content_type = negotiate(accept)
     openmetrics = content_type.startswith(_OM_PREFIX)
     if openmetrics and "version=1.0.0" not in content_type:
         return encoder(registry), content_type  # a newer version: theirs
@@ -44,6 +63,40 @@ def render(registry: Any, accept: str = "") -> tuple[bytes, str]:
     except _Fallback:
         return encoder(registry), content_type
     return text.encode("utf-8"), content_type
+
+
+@functools.lru_cache(maxsize=16)  # a scraper sends the same header every time
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """prometheus-client's encoder and content type for an ``Accept`` header, whatever it holds.
+
+    Ranges with a version that is not dotted digits (an empty one means no
+    version, as for prometheus-client) or a ``q`` that is not a number in
+    (0, 1] are dropped; the rest go to ``choose_encoder`` in ``q``
+    order (stable); if it still fails, the Prometheus text format 0.0.4.
+    """
+    ranges: list[tuple[float, int, str]] = []
+    for index, media_range in enumerate(accept.split(",")[:_MAX_RANGES]):
+        media, *params = (p.strip() for p in media_range.split(";"))
+        kept, q = [media.lower()], 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            key, value = key.strip().lower(), value.strip().strip('"')
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = math.nan
+            elif key == "version" and value and not _VERSION.fullmatch(value):
+                q = math.nan  # a version we cannot compare is a format we do not offer
+            elif key:
+                kept.append(f"{key}={value}")
+        if 0.0 < q <= 1.0:  # false for NaN too
+            ranges.append((-q, index, ";".join(kept)))
+    ranges.sort()
+    try:
+        return choose_encoder(",".join(r for _, _, r in ranges))
+    except Exception:  # noqa: BLE001 - a header must never cost the scrape
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
 
 
 def _go_float(value: float) -> str:

@@ -4,6 +4,11 @@ No global configuration: each call builds its own logger from plain
 processors, so the runtime never clobbers the application's structlog or
 logging setup.  Lines written while a request's span is current carry
 ``trace_id`` and ``span_id`` (lowercase hex).
+
+Every writer (structlog lines, the direct access writer, stdlib records)
+writes through one :class:`~runtime.telemetry.logsink.LogSink` per
+destination, whose writes never block serving: a reader that stops reading
+costs dropped (counted, then reported) lines, not a stalled server.
 """
 
 from __future__ import annotations
@@ -11,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import IO, Any, TextIO, cast
@@ -21,6 +24,7 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from .api import current_request
+from .logsink import LogSink, json_report, sink_for
 
 __all__ = [
     "FORMATS",
@@ -30,6 +34,7 @@ __all__ = [
     "add_request_fields",
     "add_trace_context",
     "default_logger",
+    "log_sink",
     "make_logger",
     "route_stdlib_logging",
 ]
@@ -51,19 +56,6 @@ def add_trace_context(_logger: WrappedLogger, _method: str, event: EventDict) ->
             event["trace_id"] = format(ctx.trace_id, "032x")
             event["span_id"] = format(ctx.span_id, "016x")
     return event
-
-
-class _Stderr:
-    """Whatever ``sys.stderr`` is at the time of writing (it may be replaced later)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return sys.stderr.isatty()
 
 
 def add_request_fields(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
@@ -95,12 +87,45 @@ def _processors(fmt: str) -> tuple[list[Processor], Processor]:
 
 
 class _LineLogger(structlog.WriteLogger):
-    """structlog's WriteLogger (one write per line), remembering its stream and format."""
+    """structlog's WriteLogger writing one line per call to a :class:`LogSink`.
 
-    def __init__(self, file: IO[str], fmt: str) -> None:
-        super().__init__(cast(TextIO, file))
-        self.stream = file
+    No lock and no flush of its own: the sink orders lines and never buffers.
+    """
+
+    def __init__(self, sink: LogSink, fmt: str) -> None:
+        super().__init__(cast(TextIO, sink))
+        self.stream = sink
         self.fmt = fmt
+
+    def msg(self, message: str) -> None:
+        self.stream.write(message + "\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def _report_renderer(fmt: str) -> Callable[[int], str]:
+    """The "log lines dropped" line in *fmt* (json: the sink's own)."""
+    if fmt == "json":
+        return json_report
+    render = structlog.dev.ConsoleRenderer(colors=False)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+    def report(count: int) -> str:
+        event: EventDict = {"count": count, "pid": os.getpid(), "event": "log lines dropped"}
+        event["level"] = "warning"
+        return str(render(None, "warning", stamp(None, "warning", event))) + "\n"
+
+    return report
+
+
+def log_sink(logger: Any) -> LogSink | None:
+    """The sink a logger made by :func:`make_logger` writes to (None for any other logger).
+
+    Connect its drops to a metric with ``log_sink(logger).on_drop = ...``.
+    """
+    inner = getattr(logger, "_logger", None)
+    return inner.stream if isinstance(inner, _LineLogger) else None
 
 
 #: Writes one access line: (fields in order, the request's span or None).
@@ -113,17 +138,15 @@ def access_writer(logger: Any) -> AccessWriter | None:
     The line is the one the logger would write (its bound context, the fields,
     ``event``, ``level``, ``timestamp``, then ``trace_id``/``span_id`` of the
     request's span), rendered without structlog's processor chain and written
-    with one ``os.write`` when the stream has a file descriptor (no lock: a
-    line up to PIPE_BUF is atomic).  None for any other logger, which then
-    gets the access line the usual way.
+    to the logger's :class:`LogSink` (one non-blocking write).  None for any
+    other logger, which then gets the access line the usual way.
     """
     inner = getattr(logger, "_logger", None)
     if not isinstance(inner, _LineLogger) or inner.fmt != "json":
         return None
     context = dict(structlog.get_context(logger))
     encode = json.JSONEncoder(default=repr).encode
-    stream = inner.stream
-    lock = threading.Lock()
+    write = inner.stream.write
 
     def emit(fields: dict[str, Any], span: Any) -> None:
         event = {**context, **fields} if context else fields
@@ -135,37 +158,30 @@ def access_writer(logger: Any) -> AccessWriter | None:
             if ctx.is_valid:
                 event["trace_id"] = format(ctx.trace_id, "032x")
                 event["span_id"] = format(ctx.span_id, "016x")
-        line = encode(event) + "\n"
-        target = sys.stderr if isinstance(stream, _Stderr) else stream
-        try:
-            fd = target.fileno()
-        except (AttributeError, OSError, ValueError):
-            with lock:
-                target.write(line)
-                target.flush()
-            return
-        data = line.encode()
-        while data:  # a short write only happens for huge lines or full disks
-            data = data[os.write(fd, data) :]
+        write(encode(event) + "\n")
 
     return emit
 
 
 def make_logger(
-    *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
+    *, level: str = "info", fmt: str = "auto", stream: IO[str] | LogSink | None = None
 ) -> FilteringBoundLogger:
-    """A logger writing to *stream* (stderr) as JSON lines or, on a TTY, console text."""
-    if stream is None:
-        stream = cast(IO[str], _Stderr())
+    """A logger writing to *stream* (stderr) as JSON lines or, on a TTY, console text.
+
+    Lines go through the stream's shared :class:`LogSink` (:func:`log_sink`);
+    *stream* may be a sink itself.
+    """
+    sink = sink_for(stream)
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if sink.isatty() else "json"
+    sink.render_report = _report_renderer(fmt)
     chain, renderer = _processors(fmt)
     processors = [*chain, renderer]
     # One write per line (PrintLogger writes the newline separately): with
     # PYTHONUNBUFFERED, common in containers, the pre-fork workers' lines
     # would interleave on the shared stderr.  Lines up to PIPE_BUF stay whole.
     logger: Any = structlog.wrap_logger(
-        _LineLogger(stream, fmt),
+        _LineLogger(sink, fmt),
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
     )
@@ -178,20 +194,19 @@ def default_logger() -> FilteringBoundLogger:
 
 
 def route_stdlib_logging(
-    *, level: str = "info", fmt: str = "auto", stream: IO[str] | None = None
+    *, level: str = "info", fmt: str = "auto", stream: IO[str] | LogSink | None = None
 ) -> logging.Handler:
     """Render the standard ``logging`` records of user code like the runtime's own lines.
 
     Replaces the root logger's handlers (for the CLI, which owns the process;
     a library embedding the runtime keeps its own logging setup).  Returns
-    the installed handler.
+    the installed handler, writing to the stream's shared :class:`LogSink`.
     """
-    if stream is None:
-        stream = cast(IO[str], _Stderr())
+    sink = sink_for(stream)
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if sink.isatty() else "json"
     chain, renderer = _processors(fmt)
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(sink)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

@@ -23,7 +23,10 @@ from .. import __version__
 from .api import RequestRecord
 from .histogram import FastHistogram
 
-__all__ = ["HOOKS", "LATENCY_BUCKETS", "STATES", "Metrics", "ServerMetrics", "state_families"]
+__all__ = [
+    "DROPPED", "HOOKS", "LATENCY_BUCKETS", "OUTCOMES", "STATES", "Metrics", "ServerMetrics",
+    "state_families",
+]  # fmt: skip
 
 HOOKS = (
     "get_request",
@@ -38,7 +41,12 @@ HOOKS = (
     "handle_timeout",
     "service_actions",
 )
-OUTCOMES = ("ok", "error", "rejected")
+#: ok; error (the handler raised: the server's fault); rejected (verify_request, overload);
+#: client_closed (the peer reset, closed or broke the pipe mid-request: not the server's
+#: fault); timed_out (ended by a time limit: the watchdog, an idle or header deadline).
+OUTCOMES = ("ok", "error", "rejected", "client_closed", "timed_out")
+#: What telemetry drops rather than block serving (``telemetry_dropped_total{what}``).
+DROPPED = ("log_lines", "spans")
 REJECT_REASONS = ("verify_request", "overload")
 STATES = ("starting", "serving", "draining", "stopped")
 #: Hooks take microseconds, requests up to seconds: buckets from 50 us to 10 s.
@@ -106,6 +114,19 @@ class Metrics:
             p + "requests_timed_out", "Requests ended by the watchdog after request_timeout.",
             _LABELS, registry=reg,
         )  # fmt: skip
+        self.truncated = Counter(
+            p + "datagrams_truncated",
+            "Datagrams longer than max_packet_size, cut to it before the handler saw them.",
+            _LABELS, registry=reg,
+        )  # fmt: skip
+        # Process-wide, no server label: the log stream and span queue are the process's.
+        self.dropped = Counter(
+            p + "telemetry_dropped",
+            "Log lines and spans dropped rather than block serving, by what.",
+            ("what",), registry=reg,
+        )  # fmt: skip
+        for what in DROPPED:
+            self.dropped.labels(what)
         # A pre-fork worker's state and version are its supervisor's to report.
         self.lifecycle_state: Gauge | None = None
         if not worker:
@@ -151,6 +172,7 @@ class ServerMetrics:
         self._queue_wait = metrics.queue_wait.labels(*labels)
         self.request_slow = metrics.slow.labels(*labels).inc
         self.request_timed_out = metrics.timed_out.labels(*labels).inc
+        self.datagram_truncated = metrics.truncated.labels(*labels).inc
         self._errors: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         if metrics.lifecycle_state is not None:

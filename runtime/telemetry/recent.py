@@ -48,7 +48,7 @@ class RecentRequests:
 
     def observe(self, server: str, record: RequestRecord, seconds: float) -> None:
         """Called once per finished request (any thread)."""
-        if record.error_type and not record.rejected:
+        if record.error_type and not record.rejected and not record.ended:  # errors only
             self._errors.append(_error_summary(server, record, seconds))
         if seconds <= self._floor:
             return

@@ -39,10 +39,26 @@ class Tracing:
     def bind(self, server: Any) -> ServerTracing:
         return ServerTracing(self, server)
 
-    def flush(self, timeout: float) -> None:
+    def flush(self, timeout: float) -> int:
+        """The flush on the way out: export what waits, for at most *timeout* seconds.
+
+        Returns within *timeout* (and a few milliseconds) whatever the
+        exporter does, and the number of spans dropped meanwhile: given up at the
+        deadline (still queued, or in an export that had not returned) or
+        failed to export.  With the runtime's provider (:mod:`.otel`) those are
+        also reported to its ``on_drop``; with another provider its
+        ``force_flush`` runs on a thread of its own, not waited for after the
+        deadline, and the count is 0 (unknown).
+        """
+        final = getattr(self.provider, "flush_or_drop", None)
+        if final is not None:
+            return int(final(timeout * 1000))
         flush = getattr(self.provider, "force_flush", None)
         if flush is not None:
-            flush(int(timeout * 1000))
+            from .otel import run_within
+
+            run_within(lambda: flush(int(timeout * 1000)), timeout, "runtime-span-flush")
+        return 0
 
 
 def _address_attributes(prefix: str, address: Any) -> dict[str, Any]:
