@@ -462,13 +462,18 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             self._rt_tel.queue_wait(perf_counter() - start)
         record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
         read_end, write_end = os.pipe()
+        # The drain's signal must not reach a child before it can handle it (SIGUSR2
+        # would end it): blocked across the fork, the child unblocks it once ready.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {_DRAIN_SIGNAL})
         try:
             pid = os.fork()
         except OSError:  # e.g. EAGAIN at a process limit: the loop reports it
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_end)
             os.close(write_end)
             raise
         if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(write_end)
             if record is not None:
                 record.pid = pid
@@ -478,7 +483,38 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             self.close_request(request)  # type: ignore[attr-defined]
             return
         os.close(read_end)
+        signal.signal(_DRAIN_SIGNAL, lambda _s, _f: self._rt_child_drains())
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._rt_child_main(request, client_address, record, write_end)
+
+    def _rt_child_drains(self) -> None:
+        """In a child, on the parent's drain signal: first "draining", then "close idle"."""
+        if not getattr(self, "_rt_draining", True):
+            self.begin_drain()
+        else:
+            close_idle = getattr(self, "close_idle", None)
+            if close_idle is not None:
+                close_idle()
+
+    def begin_drain(self) -> None:
+        parent = getattr(super(), "begin_drain", None)
+        if parent is not None:
+            parent()
+        self._rt_tell_children()
+
+    def close_idle(self) -> int:
+        parent = getattr(super(), "close_idle", None)
+        closed = int(parent()) if parent is not None else 0
+        self._rt_tell_children()
+        return closed
+
+    def _rt_tell_children(self) -> None:
+        """The drain's steps reach the children too (an HTTP child ends its keep-alive)."""
+        for pid in list(self._rt_children or ()):
+            try:
+                os.kill(pid, _DRAIN_SIGNAL)
+            except ProcessLookupError:
+                pass
 
     def _rt_child_main(
         self, request: Any, client_address: Any, record: RequestRecord | None, pipe: int
@@ -649,6 +685,10 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         if self._rt_child_selector is not None and not self._rt_children:
             self._rt_child_selector.close()
             self._rt_child_selector = None
+
+
+#: Parent to child: the drain began (first), the listener closed: close idle (second).
+_DRAIN_SIGNAL = signal.SIGUSR2
 
 
 def _drain_logs(timeout: float) -> None:

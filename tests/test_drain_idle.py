@@ -24,6 +24,7 @@ from runtime.lifecycle import Runtime
 
 MODES = {
     "thread": (),
+    "fork": ("--mode", "fork"),
     "prefork": ("--mode", "prefork", "--workers", "2", "--threads", "32"),
 }
 
