@@ -265,6 +265,8 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             request_timeout=settings.request_timeout,
             flush_timeout=settings.flush_timeout,
         )
+    if isinstance(runtime, Prefork) and sink is not None:  # its own lines, on its /metrics
+        sink.on_drop = runtime.count_dropped_log_lines
     if admin_address is not None:
         try:
             if isinstance(runtime, Prefork):

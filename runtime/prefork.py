@@ -170,6 +170,8 @@ class Prefork:
         self.flush_timeout = flush_timeout
         #: Sockets the workers must not keep (the admin port's, say).
         self.close_in_workers: list[Any] = []
+        #: The supervisor's own telemetry drops (its log lines), shown with the workers'.
+        self.dropped: dict[str, int] = {"log_lines": 0}
         self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
         self.lifecycle.ready_check = lambda: self.ready_workers() >= self.min_workers
         self.generation = 0
@@ -219,6 +221,10 @@ class Prefork:
             self._capped = (current, limit)
 
     # -- what the admin port reads --------------------------------------------------
+
+    def count_dropped_log_lines(self, count: int) -> None:
+        """The supervisor's log sink dropped *count* lines (its ``on_drop``)."""
+        self.dropped["log_lines"] += count
 
     def ready_workers(self) -> int:
         return sum(1 for w in self._workers if w.state == "ready")
@@ -279,7 +285,7 @@ class Prefork:
         from .telemetry.process import ProcessCollector
 
         registry = CollectorRegistry()
-        registry.register(_WorkerFiles(self.metrics_dir))
+        registry.register(_WorkerFiles(self.metrics_dir, self.prefix, self.dropped))
         registry.register(_PoolCollector(self))
         registry.register(ProcessCollector(self.worker_pids))
         build_info(registry, self.prefix)
@@ -784,13 +790,16 @@ class _WorkerFiles:
     buffer of at least 4 bytes``).  Such a file holds no value yet: skip it.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, prefix: str, supervisor_dropped: dict[str, int]) -> None:
         self.path = path
+        self.dropped_name = prefix + "telemetry_dropped"
+        self.supervisor_dropped = supervisor_dropped
 
     def describe(self) -> Iterable[Any]:
         return []
 
     def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
         from prometheus_client.multiprocess import MultiProcessCollector
 
         files = []
@@ -798,7 +807,24 @@ class _WorkerFiles:
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(name).st_size >= 8:  # the used-bytes header is there
                     files.append(name)
-        merged: Iterable[Any] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        merged: list[Any] = list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+        # The supervisor's own dropped log lines join the workers' in the same family.
+        own = dict(self.supervisor_dropped)
+        for family in merged:
+            if family.name != self.dropped_name:
+                continue
+            for i, sample in enumerate(family.samples):
+                what = sample.labels.get("what")
+                if sample.name.endswith("_total") and what in own:
+                    family.samples[i] = sample._replace(value=sample.value + own.pop(what))
+        if own:  # no worker has written the family yet
+            family = CounterMetricFamily(
+                self.dropped_name, "Log lines and spans dropped rather than block serving.",
+                labels=["what"],
+            )  # fmt: skip
+            for what, count in own.items():
+                family.add_metric([what], count)
+            merged.append(family)
         return merged
 
 
