@@ -30,6 +30,7 @@ import errno
 import heapq
 import itertools
 import resource
+import select
 import selectors
 import socket
 from collections.abc import Callable
@@ -173,7 +174,9 @@ class AwaitingRequests:
             data = None
         except OSError:
             return False  # the handler meets the error itself, as before
-        if data is not None and (not data or head_complete(data, end) or len(data) >= MAX_HEAD):
+        if data is not None and (
+            not data or head_complete(data, end) or len(data) >= MAX_HEAD or _peer_done(sock)
+        ):
             return False
         if len(self._waiting) >= self.limit:
             self._evict()
@@ -271,7 +274,9 @@ class AwaitingRequests:
         if not data:  # the peer closed before sending a request
             self._end(fd, entry, "client_closed")
             return
-        if head_complete(data, entry.end) or len(data) >= MAX_HEAD:
+        if head_complete(data, entry.end) or len(data) >= MAX_HEAD or _peer_done(entry.sock):
+            # Complete; or the peer will send nothing more (it half-closed or reset):
+            # the handler reads what there is and meets the end, as without waiting.
             self._forget(fd, entry)
             self._ready(entry.record)
             return
@@ -300,6 +305,19 @@ class AwaitingRequests:
     def _evict(self) -> None:
         fd, entry = min(self._waiting.items(), key=lambda item: item[1].deadline)
         self._end(fd, entry, "timed_out")
+
+
+_POLL_DONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+
+
+def _peer_done(sock: socket.socket) -> bool:
+    """Whether the peer has half-closed or reset: no more bytes will come (a poll, no wait)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), _POLL_DONE)
+    try:
+        return any(events & _POLL_DONE for _, events in poller.poll(0))
+    except OSError:
+        return True
 
 
 def _peek(sock: socket.socket, size: int) -> bytes:

@@ -147,6 +147,18 @@ def test_a_line_protocol_gets_a_worker_once_its_line_is_there(
         assert sock.makefile("rb").readline() == b"ping\n"
 
 
+def test_a_client_that_half_closes_after_part_of_a_request_is_handed_over(
+    start: Callable[..., Any],
+) -> None:
+    # No more bytes can come: the handler gets what there is, as without the wait.
+    server = start(Lines, header_timeout=30.0)
+    with connect(server.server_address) as sock:
+        sock.sendall(b"no newline, and done")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)  # far below header_timeout
+        assert sock.makefile("rb").read() == b"no newline, and done"
+
+
 def test_waiting_connections_are_bounded(
     start: Callable[..., Any],
     slow_clients: Callable[..., list[socket.socket]],
@@ -179,7 +191,7 @@ def test_two_hundred_slow_clients_do_not_stop_the_defaults_serving(
     try:
         poll(rt.ready, timeout=20, what="ready")
         data = PARTIAL if handler == "http_hello" else b"half a line"
-        slow_clients(rt.address, 200, data=data)
+        slow = slow_clients(rt.address, 200, data=data)
         poll(lambda: rt.metric("socketserver_requests_in_flight") >= 200, timeout=20,
              what="200 slow clients taken")  # fmt: skip
         for _ in range(5):  # each answered while the slow ones wait
@@ -189,6 +201,8 @@ def test_two_hundred_slow_clients_do_not_stop_the_defaults_serving(
                     assert sock.makefile("rb").readline() == b"hello\n"
             else:
                 assert _get(rt.address, timeout=2) == b"hello, world\n"
+        for sock in slow:  # (else the drain gives their heads --header-timeout to arrive)
+            sock.close()
         rt.signal()
         code, err = rt.wait(30)
     finally:
