@@ -265,8 +265,9 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             request_timeout=settings.request_timeout,
             flush_timeout=settings.flush_timeout,
         )
-    if isinstance(runtime, Prefork) and sink is not None:  # its own lines, on its /metrics
-        sink.on_drop = runtime.count_dropped_log_lines
+    supervisor_drops = getattr(runtime, "count_dropped_log_lines", None)  # pre-fork
+    if supervisor_drops is not None and sink is not None:  # its own lines, on its /metrics
+        sink.on_drop = supervisor_drops
     if admin_address is not None:
         try:
             if isinstance(runtime, Prefork):

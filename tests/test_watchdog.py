@@ -162,9 +162,10 @@ def test_fork_mode_timeout_kills_the_child_and_sigusr1_does_not_stop() -> None:
 
         poll(lambda: metric('socketserver_requests_timed_out_total{server="HoldHandler",'
                             'transport="tcp"} 1.0'), what="timed out count")  # fmt: skip
+        # Counted when the killed child is reaped, a moment after the watchdog acted.
+        poll(lambda: metric('error_type="RequestTimeout"'), what="the timed-out request finished")
         body = rt.get("/metrics")[2]
         assert 'socketserver_children_reaped_total{server="HoldHandler",status="signal"' in body
-        assert 'error_type="RequestTimeout"' in body
         rt.signal(signal.SIGTERM)
         code, err = rt.wait()
         assert code == 0
