@@ -48,6 +48,7 @@ import errno
 import http
 import json
 import math
+import os
 import queue
 import re
 import selectors
@@ -217,6 +218,16 @@ def _too_big(head: bytes | bytearray) -> _Reply | None:
     if head.count(b"\n") > MAX_HEADERS + 2:  # the request line and the blank line are not headers
         return _json(431, {"error": f"more than {MAX_HEADERS} header lines"})
     return None
+
+
+#: Held while one of a port's connection descriptors is born or dies outside ``_conns``
+#: (accept, then registered; unregistered, then closed).  A fork waits for it, so the
+#: child's ``descriptors.close()`` finds every descriptor the port has (a pre-fork worker
+#: that kept a copy of a probe's connection would hold it open after the port closed it).
+_FD_LOCK = threading.RLock()
+os.register_at_fork(
+    before=_FD_LOCK.acquire, after_in_parent=_FD_LOCK.release, after_in_child=_FD_LOCK.release
+)
 
 
 class _Descriptors:
@@ -393,14 +404,21 @@ class AdminServer:
         return max(0.0, min(deadlines) - monotonic()) if deadlines else None
 
     def _accept(self) -> None:
-        evicted = False
         for _ in range(_ACCEPT_BATCH):
+            with _FD_LOCK:
+                if not self._accept_one():
+                    return
+
+    def _accept_one(self) -> bool:
+        """Take one connection (under ``_FD_LOCK``); False: stop taking for now."""
+        evicted = False
+        while True:
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except ConnectionError:
-                continue  # reset while in the queue
+                return True  # reset while in the queue
             except OSError as exc:
                 if exc.errno not in _OUT_OF_FDS:
                     raise
@@ -408,17 +426,17 @@ class AdminServer:
                     evicted = True
                     continue
                 self._pause_accept()  # nothing to give back, or someone else took it
-                return
-            evicted = False
+                return False
             self._accept_delay = 0.0
             if len(self._conns) >= self.max_connections and not self._evict():
                 sock.close()  # every connection is a request being rendered
-                continue
+                return True
             sock.setblocking(False)
             conn = _Conn(sock, monotonic() + self.request_timeout)
             self._conns[conn.fd] = conn
             self._phases[READING][conn.fd] = conn
             self._watch(conn, _READ)
+            return True
 
     def _pause_accept(self) -> None:
         low, high = _ACCEPT_BACKOFF
@@ -491,6 +509,10 @@ class AdminServer:
         conn.events = events
 
     def _drop(self, conn: _Conn, abort: bool = False) -> None:
+        with _FD_LOCK:
+            self._drop_locked(conn, abort)
+
+    def _drop_locked(self, conn: _Conn, abort: bool) -> None:
         if self._conns.pop(conn.fd, None) is None:
             return
         del self._phases[conn.phase][conn.fd]

@@ -180,7 +180,8 @@ def test_a_real_fd_limit_does_not_spin_the_loop() -> None:
     assert used < 1.0, used
     failed = _sample(metrics, 'socketserver_errors_total{error_type="OSError",hook="get_request"')
     assert 0 < failed < 200, failed
-    assert sum("accept failing" in line for line in err) == 1
+    # Once per episode, not per retry (an fd freed now and then may end an episode early).
+    assert 1 <= sum("accept failing" in line for line in err) <= 5
 
 
 def _cpu_seconds(pid: int) -> float:
