@@ -116,12 +116,12 @@ def test_a_full_pool_of_slow_but_moving_requests_is_not_a_stall(
     pool_of_two: Callable[[type], Any], wait_for: Callable[..., None]
 ) -> None:
     server = pool_of_two(Trickles)
-    live = _live(server, 1.5)
+    live = _live(server, 3.0)
     socks = _occupy(server, 3)
     try:
         wait_for(lambda: server.runtime_stats()["queue_depth"] == 1, what="one waiting")
-        # Three times the liveness timeout, with no request completing: bytes move.
-        for _ in range(9):
+        # Longer than the liveness timeout, with no request completing: bytes move.
+        for _ in range(10):
             assert not server.release.wait(0.5)  # a window of time, not a synchronisation
             assert live(), server.stalled_for()
     finally:
