@@ -8,8 +8,6 @@ an admin port with a status page, ``/metrics``, ``/livez`` and ``/readyz``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from socketserver import (  # same objects as the standard library's
     BaseRequestHandler,
     DatagramRequestHandler,
@@ -17,6 +15,7 @@ from socketserver import (  # same objects as the standard library's
 )
 from typing import Any
 
+from ._version import __version__
 from .lifecycle import Lifecycle, Runtime, State
 from .pools import ForkingMixIn, ThreadingMixIn, WorkerPool
 from .server import InstrumentedMixIn

@@ -10,13 +10,18 @@ port in use); the CLI turns both into one line and exit status 2.
 
 from __future__ import annotations
 
+import difflib
 import errno
+import functools
 import importlib
+import inspect
 import os
 import socket
 import socketserver
 import sys
 import sysconfig
+import traceback
+import types
 import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -52,20 +57,144 @@ class StartupError(RuntimeError):
 
 
 def load_object(spec: str, setting: str) -> Any:
-    """Import ``module:attr`` (dots allowed in attr); ConfigError naming *setting* if not found."""
+    """Import ``module:attr`` (dots allowed in attr) and return that object.
+
+    Whatever goes wrong raises :class:`ConfigError` naming *setting*, in one line, with
+    the original exception as ``__cause__`` (its traceback, for whoever needs it): the
+    module is not on ``sys.path``; importing it raised (its own code runs, so anything:
+    an exception, a ``SyntaxError``, a module it imports that is missing, ``sys.exit()``;
+    the line names the exception and the file and line it came from); it has no *attr*.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(setting, f"{spec!r} is not module:Class")
+    if module_name.startswith("."):
+        raise ConfigError(setting, f"{spec!r}: give the module's full name, not a relative one")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(setting, f"cannot import module {module_name!r} ({exc})") from None
-    for part in attr.split("."):
+    except (Exception, SystemExit) as exc:  # SystemExit: a module that parses sys.argv
+        why = _import_failure(module_name, exc)
+        raise ConfigError(setting, f"cannot import module {module_name!r}: {why}") from exc
+    parts = attr.split(".")
+    for depth, part in enumerate(parts):
         try:
             obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(setting, f"module {module_name!r} has no {attr!r}") from None
+        except AttributeError as exc:
+            hint = _close_name(obj, part)
+            hint = f" (did you mean {'.'.join([*parts[:depth], hint])!r}?)" if hint else ""
+            raise ConfigError(setting, f"module {module_name!r} has no {attr!r}{hint}") from exc
+        except Exception as exc:  # a module __getattr__ that imports on demand
+            raise ConfigError(setting, f"cannot load {spec!r}: {_one_line(exc)}") from exc
     return obj
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    """Why *module_name* did not import, in a few words."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing is not None and (module_name + ".").startswith(missing + "."):
+        if "." in missing:  # its package is there
+            return f"no module named {missing!r}"
+        return (
+            f"no module named {missing!r} on sys.path (run from the folder that holds it, "
+            "or add that folder to PYTHONPATH)"
+        )
+    return _one_line(exc)  # the module was found, and its code (or an import in it) failed
+
+
+_INSTALLED_PATHS = ("stdlib", "platstdlib", "purelib", "platlib")  # sysconfig's names
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: text (file, line N)``: the exception, and where.
+
+    A SyntaxError is where the bad code is.  Any other exception is at the innermost
+    frame of the user's own code (outside the interpreter's and installed packages'
+    folders: the line of theirs that raised, or called the library that did), else at
+    the innermost frame that is neither importlib's nor this module's.
+    """
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    path: str | None
+    line: int | None
+    if isinstance(exc, SyntaxError):
+        text, path, line = exc.msg, exc.filename, exc.lineno
+    else:
+        text, path, line = str(exc), None, None
+        frames = [
+            frame for frame in traceback.extract_tb(exc.__traceback__)
+            if frame.filename != __file__ and not frame.filename.startswith("<frozen ")
+        ]  # fmt: skip
+        installed = tuple(
+            folder + os.sep
+            for folder in {sysconfig.get_path(key) for key in _INSTALLED_PATHS}
+            if folder
+        )
+        own = [frame for frame in frames if not frame.filename.startswith(installed)]
+        for frame in (own or frames)[-1:]:
+            path, line = frame.filename, frame.lineno
+    text = " ".join(text.split())  # one line, whatever the exception says
+    if len(text) > 200:
+        text = text[:197] + "..."
+    where = f" ({_shown_path(path)}, line {line})" if path and line else ""
+    return f"{name}: {text}{where}" if text else f"{name}{where}"
+
+
+def _shown_path(path: str) -> str:
+    """*path* relative to the working folder when it is inside it (shorter), else as is."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _close_name(obj: Any, name: str) -> str | None:
+    """The attribute of *obj* that *name* is most likely a typo of."""
+    names = [n for n in dir(obj) if name.startswith("_") or not n.startswith("_")]
+    close = difflib.get_close_matches(name, names, n=1)
+    return close[0] if close else None
+
+
+def _load_handler(spec: str) -> Any:
+    """The request handler class *spec* names; ConfigError if it does not import or is none."""
+    handler = load_object(spec, "HANDLER")
+    what = _not_a_handler(handler)
+    if what is not None:
+        raise ConfigError(
+            "HANDLER",
+            f"{spec!r} is {what}, not a request handler class (a subclass of "
+            "socketserver.BaseRequestHandler, or a functools.partial of one)",
+        )
+    return handler
+
+
+def _not_a_handler(obj: Any) -> str | None:
+    """What *obj* is, if it is not a request handler class; None if it is one.
+
+    A request handler is a ``socketserver.BaseRequestHandler`` subclass (as every one in
+    the standard library is: stream, datagram, ``http.server``'s, ``wsgiref``'s,
+    ``xmlrpc.server``'s), or a ``functools.partial`` of one (``http.server``'s way to
+    pass ``directory=``).  Anything else would most likely fail at every connection
+    rather than at start-up (and a duck-typed class loses nothing by subclassing
+    BaseRequestHandler); the usual slips (the server class, a module, a function, an
+    instance) are named.
+    """
+    if isinstance(obj, functools.partial):
+        inner = _not_a_handler(obj.func)
+        return None if inner is None else f"a functools.partial of {inner}"
+    if isinstance(obj, type):
+        if issubclass(obj, socketserver.BaseRequestHandler):
+            return None
+        if issubclass(obj, socketserver.BaseServer):
+            return "a server class (give it with --server)"
+        return f"the class {obj.__qualname__}"
+    if isinstance(obj, types.ModuleType):
+        return "a module"
+    if inspect.isroutine(obj):
+        return "a function"
+    return f"an instance of {type(obj).__qualname__}"
 
 
 @dataclass
@@ -211,10 +340,8 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         )
     handler_spec = example.handler if example else settings.handler
     before = set(sys.modules)
-    handler = load_object(handler_spec, "HANDLER")
+    handler = _load_handler(handler_spec)
     handler_modules = _project_modules(set(sys.modules) - before)
-    if not callable(handler):
-        raise ConfigError("HANDLER", f"{handler_spec!r} is not a request handler class")
     address = parse_address(settings.bind or (example.bind if example else DEFAULT_BIND))
     if address.transport not in ("tcp",) and settings.server is None and example and example.server:
         raise ConfigError("--bind", f"{settings.handler!r} needs a tcp address (host:port)")
@@ -317,7 +444,7 @@ def _prefork(
         for name in handler_modules:
             sys.modules.pop(name, None)
         importlib.invalidate_caches()
-        return load_object(handler_spec, "HANDLER")
+        return _load_handler(handler_spec)  # not a handler any more: the new workers fail to boot
 
     workers = settings.worker_count
     try:

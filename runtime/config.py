@@ -25,7 +25,7 @@ from .telemetry.logging import FORMATS, LEVELS
 
 __all__ = [
     "LIMITS", "MAX_SECONDS", "MAX_WORKERS", "Address", "ConfigError", "Limit", "Settings",
-    "parse_address", "parse_value", "settings_from",
+    "environment_variables", "named_as_given", "parse_address", "parse_value", "settings_from",
 ]  # fmt: skip
 
 MODES = ("sync", "thread", "fork", "prefork")
@@ -388,6 +388,39 @@ _SERVICE_LINK = re.compile(
 )
 
 
+def environment_variables(environ: Mapping[str, str] | None) -> dict[str, str]:
+    """Setting name -> the ``RUNTIME_*`` variable in *environ* that sets it.
+
+    Kubernetes' service-link variables are left out; an unknown ``RUNTIME_*``
+    variable raises :class:`ConfigError` naming it, so a typo never passes silently.
+    """
+    found: dict[str, str] = {}
+    for key in environ or {}:
+        if not key.startswith("RUNTIME_") or _SERVICE_LINK.match(key):
+            continue
+        name = key[len("RUNTIME_") :].lower()
+        if name not in _FIELDS:
+            known = ", ".join("RUNTIME_" + n.upper() for n in _FIELDS)
+            raise ConfigError(key, f"unknown setting; known: {known}")
+        found[name] = key
+    return found
+
+
+def named_as_given(setting: str, variables: Mapping[str, str]) -> str:
+    """*setting* as the user gave it: a flag (or ``HANDLER``), the way library code names
+    every setting, becomes its ``RUNTIME_*`` variable when *variables* (setting name ->
+    variable, for the values that came from one) says the value came from there.
+    Anything else (a variable already, ``OTEL_*``) is returned as it is.
+    """
+    if setting == "HANDLER":
+        name = "handler"
+    elif setting.startswith("--"):
+        name = setting[2:].replace("-", "_")
+    else:
+        return setting
+    return variables.get(name, setting)
+
+
 def settings_from(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
@@ -398,31 +431,25 @@ def settings_from(
     Raises :class:`ConfigError` naming the variable for a bad value that came from
     one, and for unknown ``RUNTIME_*`` variables too, so a typo never passes silently.
     """
-    values: dict[str, Any] = {}
-    variables: dict[str, str] = {}  # setting -> the RUNTIME_* variable that gave its value
-    for key, raw in (environ or {}).items():
-        if not key.startswith("RUNTIME_") or _SERVICE_LINK.match(key):
-            continue
-        name = key[len("RUNTIME_") :].lower()
-        if name not in _FIELDS:
-            known = ", ".join("RUNTIME_" + n.upper() for n in _FIELDS)
-            raise ConfigError(key, f"unknown setting; known: {known}")
-        values[name] = parse_value(name, raw, key)
-        variables[name] = key
+    environ = environ or {}
+    overrides = overrides or {}
+    variables = environment_variables(environ)
+    values = {name: parse_value(name, environ[key], key) for name, key in variables.items()}
     # The standard OpenTelemetry variable chooses the exporter unless RUNTIME_TRACES
     # or --traces do (the rest of OTEL_* is read by the SDK and the exporter).
-    otel = (environ or {}).get("OTEL_TRACES_EXPORTER")
+    otel = environ.get("OTEL_TRACES_EXPORTER")
     if otel is not None and "traces" not in values:
         otel = otel.strip().lower()
         if otel not in TRACES:
             raise ConfigError("OTEL_TRACES_EXPORTER", f"{otel!r} is not one of {', '.join(TRACES)}")
         values["traces"] = otel
-    values.update(overrides or {})  # flags given explicitly, None included ("none")
+    values.update(overrides)  # flags given explicitly, None included ("none")
     try:
         return Settings(**values)
     except ConfigError as exc:
         # Settings names flags; a value that came from a variable is named as the variable.
-        name = "handler" if exc.setting == "HANDLER" else exc.setting[2:].replace("-", "_")
-        if name in variables and name not in (overrides or {}):
-            raise ConfigError(variables[name], exc.message) from None
+        from_environment = {n: v for n, v in variables.items() if n not in overrides}
+        given = named_as_given(exc.setting, from_environment)
+        if given != exc.setting:
+            raise ConfigError(given, exc.message) from None
         raise

@@ -178,8 +178,16 @@ class WorkerPool:
             if item is not None:
                 try:
                     run(*item)
-                except BaseException:  # noqa: BLE001 - a worker must survive its work (already handled)
+                except Exception:  # noqa: BLE001 - a worker survives its work (handled already)
                     pass
+                except BaseException:
+                    # SystemExit, KeyboardInterrupt: the thread ends, as a thread of the
+                    # standard library's ThreadingMixIn does (threading.excepthook sees it).
+                    with lock:
+                        self._threads.discard(threading.current_thread())
+                        if self._waiting:
+                            self._space.notify()
+                    raise
             with lock:
                 self._idle += 1
                 if self._waiting:
@@ -343,9 +351,10 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             self._rt_tel.queue_wait(perf_counter() - record.queued)
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        except (Exception, SystemExit):  # noqa: BLE001 - a failing handler never stops the server
+        except Exception:  # noqa: BLE001 - a failing handler never stops the server
             self.handle_error(request, client_address)  # type: ignore[attr-defined]
         finally:
+            # (SystemExit and the like end this thread, as the standard library's would)
             self.shutdown_request(request)  # type: ignore[attr-defined]
 
     def _rt_waiting_since(self) -> float | None:
@@ -370,6 +379,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             # lock, a computation): waiting for it forever would make SIGTERM hang.
             timeout = _FORCED_JOIN if getattr(self, "_rt_forced", False) else None
             wait = self.block_on_close and not self.daemon_threads
+            self._rt_pool = None  # (it holds our bound method: a cycle otherwise)
             if not pool.shutdown(wait=wait, timeout=timeout):
                 logger = getattr(self, "logger", None)
                 if logger is not None:
@@ -541,7 +551,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
                 status = 0
-            except (Exception, SystemExit):  # noqa: BLE001 - reported, then the child exits 1
+            except Exception:  # noqa: BLE001 - reported, then the child exits 1
                 self.handle_error(request, client_address)  # type: ignore[attr-defined]
             finally:
                 try:

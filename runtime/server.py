@@ -32,7 +32,9 @@ Class variables that may be overridden:
   the queue is empty (default 16; 1: one per ``select``, as the standard
   library).  Under load it saves a ``select`` and a loop turn per request;
   a thread pool that is full, a drain or ``shutdown()`` ends the batch early
-- ``access_log``: one structured log line per request (default True)
+- ``access_log``: one structured log line per request: True, False, or None (the
+  default): only when the server has telemetry (``telemetry=``), so a drop-in server
+  that only changed its import prints nothing per request, as the standard library
 - ``connection_timeout``: seconds an accepted stream connection may sit idle
   in a blocking read or write (default None, as in the standard library; the
   CLI sets 60).  A handler's own ``timeout`` attribute takes precedence.
@@ -144,7 +146,7 @@ class InstrumentedMixIn:
     tcp_nodelay = True
     accept_batch = 16
     _rt_woken = False
-    access_log = True
+    access_log: bool | None = None
     connection_timeout: float | None = None
     header_timeout: float | None = None
     max_awaiting = 1024
@@ -172,10 +174,20 @@ class InstrumentedMixIn:
     ) -> None:
         if server_name is not None:
             self.server_label = server_name
+        self._rt_init_state(logger)
+        super().__init__(*args, **kwargs)
+        if self.server_label is None:
+            self.server_label = type(self).__name__
+        if telemetry is not None:
+            self.use_telemetry(telemetry)
+
+    def _rt_init_state(self, logger: structlog.typing.FilteringBoundLogger | None) -> None:
+        """The mix-in's state; ``__getattr__`` makes it when a subclass skipped ``__init__``."""
         self._rt_records: dict[int, RequestRecord] = {}
         self._rt_idle = threading.Condition()
         self._rt_tel: ServerTelemetry = NULL
         self.telemetry: TelemetryFactory | None = None
+        self._rt_access = False
         self._rt_handlers: dict[Any, Any] = {}
         self._rt_shutdown_request = False
         self._rt_is_shut_down = threading.Event()
@@ -200,20 +212,33 @@ class InstrumentedMixIn:
             logger = default_logger()
         self._rt_access_writer: AccessWriter | None = None
         self.logger = logger
-        super().__init__(*args, **kwargs)
+
+    if not TYPE_CHECKING:  # (hidden from mypy, which would then take any name as Any)
+
+        def __getattr__(self, name: str) -> Any:
+            # A subclass whose __init__ calls a base class's by name (BaseServer.__init__(
+            # self, ...)) skips ours: the first use of the mix-in's state creates it.  Only
+            # reached when an attribute is missing: no cost once the state exists.
+            if (name.startswith("_rt_") or name == "telemetry") and self._rt_ensure_state():
+                return getattr(self, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _rt_ensure_state(self) -> bool:
+        """Make the mix-in's state if ``__init__`` was skipped; True if it was made now."""
+        if "_rt_records" in vars(self):
+            return False
+        self._rt_init_state(None)
         if self.server_label is None:
             self.server_label = type(self).__name__
-        if telemetry is not None:
-            self.use_telemetry(telemetry)
-        # Decided once: a filtered level costs nothing per request.
-        self._rt_access = self.access_log and logger_enabled(logger, logging.INFO)
+        return True
 
     # -- configuration ---------------------------------------------------------
 
     @property
     def transport(self) -> str:
-        """``tcp``, ``udp`` or ``unix``: the ``transport`` label."""
-        return _transport(self.address_family, self.socket_type)
+        """``tcp``, ``udp`` or ``unix``: the ``transport`` label (a bare ``BaseServer``: tcp)."""
+        family = getattr(self, "address_family", socket.AF_INET)
+        return _transport(family, getattr(self, "socket_type", socket.SOCK_STREAM))
 
     @property
     def logger(self) -> structlog.typing.FilteringBoundLogger:
@@ -224,11 +249,19 @@ class InstrumentedMixIn:
     def logger(self, logger: structlog.typing.FilteringBoundLogger) -> None:
         self._rt_logger = logger
         self._rt_access_writer = access_writer(logger)
+        self._rt_decide_access()
 
     def use_telemetry(self, telemetry: TelemetryFactory | None) -> None:
         """Bind this server to *telemetry* (None: no telemetry)."""
+        self._rt_ensure_state()
         self.telemetry = telemetry
         self._rt_tel = NULL if telemetry is None else telemetry.bind(self)
+        self._rt_decide_access()
+
+    def _rt_decide_access(self) -> None:
+        # Decided here, not per request: a filtered level costs nothing per request.
+        wanted = self.access_log if self.access_log is not None else self.telemetry is not None
+        self._rt_access = bool(wanted) and logger_enabled(self._rt_logger, logging.INFO)
 
     def set_controller(self, controller: LoopController | None) -> None:
         """Let *controller* act once per loop turn (signals, drain deadlines)."""
@@ -494,11 +527,12 @@ class InstrumentedMixIn:
             if stream and self.connection_timeout is not None:
                 request.settimeout(self.connection_timeout)
             self._rt_process_request(record, now)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - never stop the loop
+        except Exception as exc:  # noqa: BLE001 - never stop the loop
             record.fail(record.hooks[-1][0], exc)
             self.handle_error(request, client_address)
             self.shutdown_request(request)
-        except BaseException:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: the caller's, as in stdlib
+            record.fail(record.hooks[-1][0], exc)
             self.shutdown_request(request)
             raise
         finally:
@@ -517,11 +551,12 @@ class InstrumentedMixIn:
             if self.connection_timeout is not None:
                 request.settimeout(self.connection_timeout)
             self._rt_process_request(record, perf_counter())
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - never stop the loop
+        except Exception as exc:  # noqa: BLE001 - never stop the loop
             record.fail("process_request", exc)
             self.handle_error(request, record.client_address)
             self.shutdown_request(request)
-        except BaseException:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: as in the standard library
+            record.fail("process_request", exc)
             self.shutdown_request(request)
             raise
 
@@ -588,26 +623,49 @@ class InstrumentedMixIn:
     # -- request hooks: each times itself ----------------------------------------
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        """Run the handler with the request's span current, timing each of its hooks."""
-        record = self._rt_records.get(id(request))
+        """Run the handler with the request's span current, timing each of its hooks.
+
+        Called directly (not through the serving loop, e.g. by a test harness),
+        it measures the request on its own: taken here, finished on return.
+        """
         tel = self._rt_tel
-        token = None
-        if record is not None:
-            record.thread = threading.get_ident()  # for the watchdog's stack
-            token = tel.activate(record)
+        record = self._rt_records.get(id(request))
+        direct = record is None
+        if record is None:
+            record = RequestRecord(request, client_address, perf_counter(), time_ns())
+            record.refs = [_LAST]
+            self._rt_records[id(request)] = record
+            tel.request_started(record)
+        record.thread = threading.get_ident()  # for the watchdog's stack
+        token = tel.activate(record)
         current = current_request.set(record)
         start = perf_counter()
         try:
             self._rt_run_handler(request, client_address, record)
         except BaseException as exc:
-            if record is not None:
-                record.fail("finish_request", exc)
+            record.fail("finish_request", exc)
+            if not isinstance(exc, Exception):
+                self._rt_not_handled(record, exc)
             raise
         finally:
-            self._rt_timed(record, "finish_request", start, perf_counter())
+            end = perf_counter()
+            self._rt_timed(record, "finish_request", start, end)
             current_request.reset(current)
             if token is not None:
                 tel.deactivate(token)
+            if direct:
+                self._rt_release(record, end)
+
+    def _rt_not_handled(self, record: RequestRecord, exc: BaseException) -> None:
+        """SystemExit, KeyboardInterrupt...: not handled (the standard library lets them
+        end the serving loop, the worker thread or the child); said once here."""
+        self.logger.warning(
+            "request ended by an exception that is not handled",
+            server=self.server_label,
+            client=format_address(record.client_address),
+            error_type=type(exc).__name__,
+            hook=record.error_hook,
+        )
 
     def shutdown_request(self, request: Any) -> None:
         record = self._rt_records.get(id(request))
@@ -758,6 +816,10 @@ class InstrumentedMixIn:
                 self._rt_log_access(record, end)
             except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
                 tel.error("access_log", type(exc).__name__)
+        # The exception's traceback holds the frames that hold the record: without this
+        # the handler, its locals (and a worker thread) wait for the cycle collector.
+        record.error = None
+        record.handler = None
         with self._rt_idle:
             self._rt_records.pop(id(record.request), None)
             if not self._rt_records:

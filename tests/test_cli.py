@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from _proc import ROOT, RuntimeProcess, connect, env, poll
@@ -32,6 +36,7 @@ BAD = [
     (["nosuchmodule_xyz:Handler"], {}, "HANDLER", "cannot import module"),
     (["handlers:Missing"], {}, "HANDLER", "has no 'Missing'"),
     (["nonsense-name"], {}, "HANDLER", "not module:Class"),
+    ([".handlers:HoldHandler"], {}, "HANDLER", "give the module's full name, not a relative one"),
     (["--max-children", "0"], {}, "--max-children", "at least 1 and at most 4096"),
     (["--max-children", "many"], {}, "--max-children", "not a whole number"),
     (["--bind", "127.0.0.1"], {}, "--bind", "not host:port"),
@@ -247,3 +252,117 @@ def test_flush_timeout_and_worker_tmp_dir_reach_the_runtime(
     assert given["flush_timeout"] == 1.5
     if mode == "prefork":
         assert given["worker_tmp_dir"] == "/dev/shm"
+
+
+# --- the command as users read it: --version, --help, the README, the console script ---
+
+SCRIPT = Path(sys.executable).parent / "socketserver-runtime"  # installed by pip with the package
+
+
+def _help() -> str:
+    from runtime import cli
+
+    with pytest.raises(SystemExit) as info, contextlib.redirect_stdout(io.StringIO()) as out:
+        cli.main(["--help"], {})
+    assert info.value.code == 0
+    return out.getvalue()
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """--help's groups: title -> the long flags in it (``--[no-]x`` counts as ``--x``)."""
+    sections: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if re.fullmatch(r"\S.*:", line) and not line.startswith("usage:"):
+            title = line[:-1]
+            sections[title] = []
+        elif line.startswith("  -") and sections:  # "  --bind ADDR    host:port, ..."
+            names = line.strip().split("  ")[0]
+            flags = re.findall(r"--[a-z][a-z-]*", names)
+            sections[title] += [flag for flag in flags if not flag.startswith("--no-")]
+    return sections
+
+
+def test_version_prints_the_package_version_and_exits_0() -> None:
+    import platform
+
+    import runtime
+
+    done = _run("--version")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (
+        f"socketserver-runtime {runtime.__version__} (Python {platform.python_version()})\n"
+    )
+
+
+def test_help_groups_the_flags() -> None:
+    sections = _sections(_help())
+    assert sections["pre-fork (--mode prefork)"] == [
+        "--workers", "--threads", "--min-workers", "--worker-timeout", "--max-requests",
+        "--max-requests-jitter", "--reuse-port", "--worker-tmp-dir",
+    ]  # fmt: skip
+    assert "--bind" in sections["server and its pool"]
+    assert "--max-children" in sections["server and its pool"]
+    assert {"--drain-delay", "--admin", "--liveness-timeout"} <= set(sections["drain and probes"])
+    assert {"--request-timeout", "--header-timeout"} <= set(sections["time limits"])
+    assert {"--log-level", "--traces"} <= set(sections["telemetry"])
+    assert sections["options"] == ["--help", "--version"]
+
+
+def test_help_usage_says_the_handler_is_optional_and_defaults_to_echo() -> None:
+    usage, handler = _help().splitlines()[:2]
+    assert usage == "usage: python -m runtime [HANDLER] [options]"
+    assert handler.strip().startswith("HANDLER: module:Class")
+    assert "echo (the default)" in handler
+
+
+def _readme_command_line() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```\n", 2)[1].splitlines()  # its first code block: the synopsis
+
+
+def test_readme_synopsis_agrees_with_help() -> None:
+    lines = _readme_command_line()
+    usage, handler = _help().splitlines()[:2]
+    assert lines[0] == usage.removeprefix("usage: ")
+    assert lines[1].strip() == handler.strip()
+    readme: dict[str, list[str]] = {}
+    for line in lines[3:]:  # "group title   --flags ...", then lines that go on with flags
+        if line and not line[0].isspace():
+            title, line = re.split(r"\s{2,}", line, maxsplit=1)
+            readme[title] = []
+        flags = re.findall(r"--(?:\[no-\])?[a-z-]+", line)
+        readme[title] += [flag.replace("[no-]", "") for flag in flags]
+    sections = _sections(_help())
+    sections.pop("handler")  # the usage's second line
+    assert {t: sorted(f) for t, f in readme.items()} == {t: sorted(f) for t, f in sections.items()}
+
+
+def test_the_console_script_goes_by_its_own_name() -> None:
+    import runtime
+
+    version = subprocess.run([SCRIPT, "--version"], cwd=ROOT, env=env(), capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+    assert version.returncode == 0
+    assert version.stdout.startswith(f"socketserver-runtime {runtime.__version__} ")
+    usage = subprocess.run([SCRIPT, "--help"], cwd=ROOT, env=env(), capture_output=True,
+                           text=True, timeout=30)  # fmt: skip
+    assert usage.stdout.startswith("usage: socketserver-runtime [HANDLER] [options]\n")
+    bad = subprocess.run([SCRIPT, "--max-children", "0", "--admin", "off"], cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr == (
+        "socketserver-runtime: error: --max-children: must be at least 1 and at most 4096, got 0\n"
+    )
+
+
+def test_the_console_script_imports_from_the_working_folder(tmp_path: Path) -> None:
+    # As `python -m runtime` does (-m puts the working folder on sys.path; a script does not).
+    (tmp_path / "app_here_11.py").write_text('raise RuntimeError("found and run")\n')
+    done = subprocess.run([SCRIPT, "app_here_11:Handler", "--admin", "off"], cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "socketserver-runtime: error: HANDLER: cannot import module 'app_here_11': "
+        "RuntimeError: found and run (app_here_11.py, line 1)\n"
+    )

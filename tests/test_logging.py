@@ -124,7 +124,7 @@ def test_access_line_counts_bytes_in_and_out(mode: str) -> None:
 @pytest.mark.timeout(30)
 def test_access_line_of_a_datagram_has_its_size() -> None:
     log = io.StringIO()
-    server = runtime.UDPServer(
+    server = type("Logged", (runtime.UDPServer,), {"access_log": True})(
         ("127.0.0.1", 0), runtime.DatagramRequestHandler,
         logger=make_logger(fmt="json", stream=log),
     )  # fmt: skip

@@ -324,8 +324,9 @@ def test_a_worker_tmp_dir_that_cannot_hold_a_folder_is_one_line_and_status_2(
         done = _run(extra_env={"RUNTIME_WORKER_TMP_DIR": path})
     assert done.returncode == 2
     assert done.stdout == ""
+    named = "--worker-tmp-dir" if given == "flag" else "RUNTIME_WORKER_TMP_DIR"  # as given
     assert done.stderr == (
-        f"runtime: error: --worker-tmp-dir: cannot make the pre-fork folder in {path} ({reason}); "
+        f"runtime: error: {named}: cannot make the pre-fork folder in {path} ({reason}); "
         "set --worker-tmp-dir (RUNTIME_WORKER_TMP_DIR) to a writable folder, e.g. /dev/shm\n"
     )
 

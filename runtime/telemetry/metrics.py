@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .. import __version__
+from .._version import __version__
 from .api import RequestRecord
 from .histogram import FastHistogram
 

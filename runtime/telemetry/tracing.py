@@ -17,7 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .. import __version__
+from .._version import __version__
 from ._forked import Capture, decode
 from .api import RequestRecord
 
@@ -80,7 +80,7 @@ class ServerTracing:
         handler = getattr(factory, "__name__", "request")
         transport = server.transport
         self.name = f"{handler} {transport}"
-        family = server.address_family
+        family = getattr(server, "address_family", None)  # (a bare BaseServer has none)
         self._static: dict[str, Any] = {"network.transport": transport}
         if family == socket.AF_INET:
             self._static["network.type"] = "ipv4"
