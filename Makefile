@@ -32,6 +32,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check runtime tests bench dashboards deploy
 	$(PY) -m ruff format --check runtime
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(PY) -m mypy --strict runtime bench dashboards/generate.py deploy/prometheus/prometheusrule.py

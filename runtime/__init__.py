@@ -13,9 +13,10 @@ from socketserver import (  # same objects as the standard library's
     DatagramRequestHandler,
     StreamRequestHandler,
 )
-from typing import Any
 
+from ._record import bind
 from ._version import __version__
+from .app import serve
 from .lifecycle import Lifecycle, Runtime, State
 from .pools import ForkingMixIn, ThreadingMixIn, WorkerPool
 from .server import InstrumentedMixIn
@@ -36,7 +37,6 @@ from .servers import (
     instrument,
 )
 from .telemetry import NullTelemetry, RequestRecord, ServerTelemetry, Telemetry
-from .telemetry.api import bind
 
 __all__ = [
     "BaseRequestHandler",
@@ -71,35 +71,3 @@ __all__ = [
     "instrument",
     "serve",
 ]
-
-
-def serve(
-    server: InstrumentedMixIn, *, admin: tuple[str, int] | None = None, **options: Any
-) -> int:
-    """Run *server* with signals, a graceful drain and (given *admin*) the admin port.
-
-    Blocks until stopped (SIGTERM/SIGINT, or ``Runtime.stop``) and returns the
-    exit status: 0 if nothing was forced, else 1.  *options* are
-    :class:`Runtime`'s keyword arguments (``drain_delay``, ``graceful_timeout``,
-    ...).  ``/metrics`` renders the server's :class:`Telemetry`, if it has one.
-    """
-    from .admin import AdminServer
-    from .status import StatusBoard
-
-    rt = Runtime(server, **options)
-    port = None
-    if admin is not None:
-        telemetry = server.telemetry if isinstance(server.telemetry, Telemetry) else None
-        render = telemetry.render if telemetry is not None else _no_metrics
-        board = StatusBoard(rt.lifecycle, [server], telemetry)
-        port = AdminServer(admin, lifecycle=rt.lifecycle, render_metrics=render, status=board)
-        port.start()
-    try:
-        return rt.run()
-    finally:
-        if port is not None:
-            port.close()
-
-
-def _no_metrics(_accept: str) -> tuple[bytes, str]:
-    return b"# no telemetry configured for this server\n", "text/plain; version=0.0.4"

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-from .telemetry.api import RequestRecord
+from ._record import RequestRecord
 
 __all__ = ["HTTP", "AcceptBackoff", "AwaitingRequests", "head_complete"]
 

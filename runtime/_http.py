@@ -33,7 +33,7 @@ import socket
 from time import monotonic
 from typing import Any
 
-from .telemetry.api import RequestRecord
+from ._record import RequestRecord
 
 __all__ = ["install", "is_http", "stop_reading"]
 

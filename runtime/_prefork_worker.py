@@ -1,10 +1,14 @@
 """What runs in a pre-fork worker, and the table it shares with its supervisor.
 
-A worker is forked by :class:`runtime.prefork.Prefork`: it detaches from the
+A worker is forked by :class:`runtime.prefork.Prefork` and started from a
+frozen :class:`WorkerSpec` (what to run: the server, the settings it needs, the
+shared table, the metrics folder) plus the descriptors of the supervisor's it
+must let go; it never sees the supervisor itself.  It detaches from the
 supervisor's signals, pipes and sockets, imports the handler again (SIGHUP
 reloads code), switches prometheus-client to per-slot multiprocess files,
 reports ``ready`` on its pipe and runs the core's :class:`Runtime` on the
-shared listener, beating its heartbeat into the :class:`Slots` table.
+shared listener, beating its heartbeat into the :class:`Slots` table.  All it
+says to the supervisor goes through that pipe and that table.
 """
 
 from __future__ import annotations
@@ -17,16 +21,16 @@ import os
 import random
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._record import RequestRecord
 from .lifecycle import Runtime
-from .telemetry.api import NULL, RequestRecord, ServerTelemetry
+from .telemetry.api import NULL, ServerTelemetry
 
-if TYPE_CHECKING:
-    from .prefork import Prefork
-
-__all__ = ["EXIT_BOOT_FAILED", "EXIT_RECYCLED", "Slots", "WorkerProcess"]
+__all__ = ["EXIT_BOOT_FAILED", "EXIT_RECYCLED", "Slots", "WorkerProcess", "WorkerSpec"]
 
 #: A worker's exit status after recycling itself (max_requests).
 EXIT_RECYCLED = 3
@@ -96,20 +100,61 @@ class Slots:
         return row
 
 
-class WorkerProcess:
-    """What runs in a forked worker: boot, report ready, serve, exit."""
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    """What a pre-fork worker runs: everything it needs, nothing of its supervisor's.
 
-    def __init__(self, pool: Prefork, slot: int, generation: int, report_fd: int) -> None:
-        self.pool = pool
+    ``server``: the bound server (sync, or with a thread pool), listening on the
+    shared socket; ``reload()`` returns the handler class freshly imported;
+    ``make_telemetry(slot)`` the worker's telemetry; ``release``: objects whose
+    ``close()`` a worker calls first (the admin port's descriptors).
+    """
+
+    server: Any
+    logger: Any
+    slots: Slots
+    metrics_dir: str
+    stacks_dir: str
+    graceful_timeout: float
+    poll_interval: float
+    flush_timeout: float
+    worker_timeout: float
+    request_warn_after: float | None = None
+    request_timeout: float | None = None
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    reuse_port: bool = False
+    reload: Callable[[], Any] | None = None
+    make_telemetry: Callable[[int], Any] | None = None
+    release: tuple[Any, ...] = ()
+
+
+class WorkerProcess:
+    """What runs in a forked worker: boot, report ready, serve, exit.
+
+    *inherited*: the supervisor's own descriptors the fork copied (its wake-up
+    pipe, its selector, the other workers' pipes), closed at once.
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        slot: int,
+        generation: int,
+        report_fd: int,
+        inherited: tuple[int, ...] = (),
+    ) -> None:
+        self.spec = spec
         self.slot = slot
         self.generation = generation
         self.report_fd = report_fd
+        self.inherited = inherited
         self.handled = 0
         self.early_signals: list[int] = []
         self.supervisor = os.getppid()
-        limit = pool.max_requests
-        if limit > 0 and pool.max_requests_jitter > 0:
-            limit += random.randint(0, pool.max_requests_jitter)
+        limit = spec.max_requests
+        if limit > 0 and spec.max_requests_jitter > 0:
+            limit += random.randint(0, spec.max_requests_jitter)
         self.limit = limit
         self.runtime: _WorkerRuntime | None = None
 
@@ -118,30 +163,30 @@ class WorkerProcess:
             os.write(self.report_fd, (json.dumps({"event": event, **fields}) + "\n").encode())
 
     def run(self) -> int:
-        pool, server = self.pool, self.pool.server
-        logger = pool.logger.bind(worker=self.slot)
+        spec, server = self.spec, self.spec.server
+        logger = spec.logger.bind(worker=self.slot)
         try:
             self._detach()
-            if pool.reload is not None:  # the handler's code as it is on disk now
-                server.RequestHandlerClass = pool.reload()
-            telemetry = pool.make_telemetry(self.slot) if pool.make_telemetry else None
+            if spec.reload is not None:  # the handler's code as it is on disk now
+                server.RequestHandlerClass = spec.reload()
+            telemetry = spec.make_telemetry(self.slot) if spec.make_telemetry else None
             server.logger = logger
             server.use_telemetry(_SlotTelemetry(telemetry, self))
-            if pool.reuse_port:
+            if spec.reuse_port:
                 _listen_own(server)
             # Every worker wakes for each connection (or datagram); the ones that
             # lose the race must find nothing, not block in accept() (or recvfrom).
             server.socket.setblocking(False)
             server.accept_when_busy = False  # (a worker with threads) see pools.ThreadingMixIn
             rt = _WorkerRuntime(
-                server, drain_delay=0.0, graceful_timeout=pool.graceful_timeout,
-                poll_interval=pool.poll_interval, logger=logger,
-                request_warn_after=pool.request_warn_after, request_timeout=pool.request_timeout,
-                flush_timeout=pool.flush_timeout,
+                server, drain_delay=0.0, graceful_timeout=spec.graceful_timeout,
+                poll_interval=spec.poll_interval, logger=logger,
+                request_warn_after=spec.request_warn_after, request_timeout=spec.request_timeout,
+                flush_timeout=spec.flush_timeout,
             )  # fmt: skip
-            rt.slots, rt.slot, rt.supervisor = pool.slots, self.slot, self.supervisor
-            rt.own_queue = pool.reuse_port
-            rt.stall_limit = pool.worker_timeout / 2  # then its heartbeat ages worker_timeout
+            rt.slots, rt.slot, rt.supervisor = spec.slots, self.slot, self.supervisor
+            rt.own_queue = spec.reuse_port
+            rt.stall_limit = spec.worker_timeout / 2  # then its heartbeat ages worker_timeout
             # (stalled_for() already waits out the idle limit, connection_timeout)
             self.runtime = rt
         except Exception as exc:
@@ -156,23 +201,21 @@ class WorkerProcess:
 
     def _detach(self) -> None:
         """Leave the supervisor's signals, pipes and sockets to the supervisor."""
-        pool = self.pool
+        spec = self.spec
         for signum in (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_IGN)  # the supervisor's to act on
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for signum in (signal.SIGTERM, signal.SIGHUP):  # acted on once the runtime runs
             signal.signal(signum, lambda s, _f: self._early_signal(s))
-        pool._selector.close()
-        for fd in (pool._wake_r, pool._wake_w, *(w.fd for w in pool._workers if w.fd >= 0)):
+        for fd in self.inherited:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        pool._workers = []
-        for sock in pool.close_in_workers:
-            sock.close()
-        stack = open(os.path.join(pool._stacks_dir, f"w{self.slot}.txt"), "w")  # noqa: SIM115
+        for held in spec.release:
+            held.close()
+        stack = open(os.path.join(spec.stacks_dir, f"w{self.slot}.txt"), "w")  # noqa: SIM115
         faulthandler.enable(file=stack, all_threads=True)  # SIGABRT: dump the stacks, then die
-        pool.slots.reset(self.slot, os.getpid())
-        _use_multiprocess_values(pool.metrics_dir, f"w{self.slot}")
+        spec.slots.reset(self.slot, os.getpid())
+        _use_multiprocess_values(spec.metrics_dir, f"w{self.slot}")
 
     def _early_signal(self, signum: int) -> None:
         if self.runtime is not None:
@@ -184,7 +227,7 @@ class WorkerProcess:
 
     def finished(self, in_flight: int) -> None:
         self.handled += 1
-        self.pool.slots.set_requests(self.slot, in_flight, self.handled)
+        self.spec.slots.set_requests(self.slot, in_flight, self.handled)
         rt = self.runtime
         if self.limit and self.handled >= self.limit and rt is not None and not rt.recycled:
             rt.recycled = True
@@ -276,7 +319,7 @@ class _SlotBound:
         self._finished = bound.request_finished
         self._records = server._rt_records
         self._worker = worker
-        self._slots = worker.pool.slots
+        self._slots = worker.spec.slots
         self._slot = worker.slot
 
     def request_started(self, record: RequestRecord) -> None:

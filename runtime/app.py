@@ -22,7 +22,6 @@ import sys
 import sysconfig
 import traceback
 import types
-import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -36,7 +35,7 @@ from .status import StatusBoard
 from .telemetry import Telemetry
 from .telemetry.logging import log_sink, make_logger, route_stdlib_logging
 
-__all__ = ["App", "StartupError", "build", "load_object"]
+__all__ = ["App", "StartupError", "build", "load_object", "serve"]
 
 DEFAULT_BIND = "127.0.0.1:9000"
 _BASE_CLASSES: dict[str, type[socketserver.TCPServer]] = {
@@ -287,47 +286,13 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
 
 
 def _tracer_provider(settings: Settings, default_service: str) -> Any:
-    """A provider configured by the standard ``OTEL_*`` variables, or None for no traces.
+    """The traces the settings ask for, set up from the standard ``OTEL_*`` variables."""
+    from .telemetry.otel import TracingSetupError, provider_from_environment
 
-    The SDK reads ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_SERVICE_NAME`` and
-    ``OTEL_RESOURCE_ATTRIBUTES``; the OTLP exporter reads
-    ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, headers, timeout and compression.
-    """
-    if settings.traces == "none":
-        return None
-    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
-
-    from .telemetry.otel import tracer_provider
-
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "unknown_service")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: default_service}))
-    if SERVICE_INSTANCE_ID not in resource.attributes:  # older SDKs do not add it
-        resource = resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
-    exporter: SpanExporter
-    if settings.traces == "otlp":
-        protocol = os.environ.get(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        )
-        if protocol != "http/protobuf":
-            raise ConfigError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                f"{protocol!r} is not supported; use http/protobuf (port 4318)",
-            )
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter()
-    else:
-        exporter = ConsoleSpanExporter()
-    # Batching like the SDK's, without threads started in every forked child.
-    provider = tracer_provider(exporter, resource=resource)
-    # The CLI owns the process: handlers' own trace.get_tracer() spans use it too.
-    from opentelemetry import trace
-
-    trace.set_tracer_provider(provider)
-    return provider
+    try:
+        return provider_from_environment(settings.traces, default_service)
+    except TracingSetupError as exc:
+        raise ConfigError(exc.setting, exc.message) from None
 
 
 def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
@@ -508,3 +473,30 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return "address not available on this machine"
     return exc.strerror or str(exc)
+
+
+def serve(server: Any, *, admin: tuple[str, int] | None = None, **options: Any) -> int:
+    """Run *server* with signals, a graceful drain and (given *admin*) the admin port.
+
+    Blocks until stopped (SIGTERM/SIGINT, or ``Runtime.stop``) and returns the
+    exit status: 0 if nothing was forced, else 1.  *options* are
+    :class:`Runtime`'s keyword arguments (``drain_delay``, ``graceful_timeout``,
+    ...).  ``/metrics`` renders the server's :class:`Telemetry`, if it has one.
+    """
+    rt = Runtime(server, **options)
+    port = None
+    if admin is not None:
+        telemetry = server.telemetry if isinstance(server.telemetry, Telemetry) else None
+        render = telemetry.render if telemetry is not None else _no_metrics
+        board = StatusBoard(rt.lifecycle, [server], telemetry)
+        port = AdminServer(admin, lifecycle=rt.lifecycle, render_metrics=render, status=board)
+        port.start()
+    try:
+        return rt.run()
+    finally:
+        if port is not None:
+            port.close()
+
+
+def _no_metrics(_accept: str) -> tuple[bytes, str]:
+    return b"# no telemetry configured for this server\n", "text/plain; version=0.0.4"

@@ -23,8 +23,9 @@ from time import monotonic, perf_counter
 from types import MappingProxyType
 from typing import Any
 
-from ._request import accept_queue_length
-from .telemetry.api import NULL, NullTelemetry, RequestRecord, ServerTelemetry
+from ._net import accept_queue_length
+from ._record import RequestRecord
+from .telemetry.api import NULL, NullTelemetry, ServerTelemetry
 
 __all__ = ["ForkingMixIn", "ThreadingMixIn", "WorkerPool"]
 

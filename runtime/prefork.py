@@ -60,7 +60,7 @@ from typing import Any
 
 import structlog
 
-from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess
+from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess, WorkerSpec
 from .lifecycle import Lifecycle, State, capture_signals
 
 __all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork", "WorkerDirError"]
@@ -222,6 +222,24 @@ class Prefork:
 
     # -- what the admin port reads --------------------------------------------------
 
+    def worker_spec(self) -> WorkerSpec:
+        """What a worker started now runs (``close_in_workers`` may have grown since start)."""
+        return WorkerSpec(
+            server=self.server, logger=self.logger, slots=self.slots,
+            metrics_dir=self.metrics_dir, stacks_dir=self._stacks_dir,
+            graceful_timeout=self.graceful_timeout, poll_interval=self.poll_interval,
+            flush_timeout=self.flush_timeout, worker_timeout=self.worker_timeout,
+            request_warn_after=self.request_warn_after, request_timeout=self.request_timeout,
+            max_requests=self.max_requests, max_requests_jitter=self.max_requests_jitter,
+            reuse_port=self.reuse_port, reload=self.reload, make_telemetry=self.make_telemetry,
+            release=tuple(self.close_in_workers),
+        )  # fmt: skip
+
+    def _own_fds(self) -> tuple[int, ...]:
+        """The supervisor's descriptors a worker must not keep: selector, wake-up, pipes."""
+        pipes = (w.fd for w in self._workers if w.fd >= 0)
+        return (self._selector.fileno(), self._wake_r, self._wake_w, *pipes)
+
     def count_dropped_log_lines(self, count: int) -> None:
         """The supervisor's log sink dropped *count* lines (its ``on_drop``)."""
         self.dropped["log_lines"] += count
@@ -262,7 +280,7 @@ class Prefork:
 
     def pool_status(self) -> dict[str, Any]:
         """The status page's server row: the pool as one server."""
-        from ._request import format_address
+        from ._net import format_address
 
         stats = self.pool_stats()
         return {
@@ -467,7 +485,9 @@ class Prefork:
             code = 70
             try:
                 os.close(read_fd)
-                code = WorkerProcess(self, slot, self.generation, write_fd).run()
+                code = WorkerProcess(
+                    self.worker_spec(), slot, self.generation, write_fd, self._own_fds()
+                ).run()
             finally:
                 _drain_logs(1.0)  # os._exit skips the exit-time write of pending log lines
                 os._exit(code)

@@ -78,17 +78,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _http
 from ._admission import AcceptBackoff, AwaitingRequests, request_head_end
-from ._request import (
-    HANDLER_HOOKS,
-    accept_queue_length,
-    early_end,
-    format_address,
-    handler_plan,
-    logger_enabled,
-    request_bytes,
-    timed_hook,
-)
-from .telemetry.api import NULL, RequestRecord, ServerTelemetry, current_request
+from ._net import accept_queue_length, format_address, request_bytes
+from ._record import RequestRecord, current_request
+from ._request import HANDLER_HOOKS, early_end, handler_plan, logger_enabled, timed_hook
+from .telemetry.api import NULL, ServerTelemetry
 from .telemetry.logging import AccessWriter, access_writer
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._request import format_address
+from ._net import format_address
 from ._version import __version__
 from .lifecycle import Lifecycle
 from .pools import ForkingMixIn, ThreadingMixIn

@@ -26,8 +26,8 @@ import traceback
 from time import monotonic, perf_counter
 from typing import Any
 
-from ._request import format_address
-from .telemetry.api import RequestRecord
+from ._net import format_address
+from ._record import RequestRecord
 
 __all__ = ["RequestTimeout", "Watchdog"]
 

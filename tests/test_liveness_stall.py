@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import io
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from _proc import RuntimeProcess, connect, poll
 
 import runtime
 from runtime.lifecycle import Lifecycle
+from runtime.telemetry.logging import make_logger
 
 
 class Stuck(runtime.StreamRequestHandler):
@@ -63,7 +65,7 @@ def pool_of_two(telemetry: runtime.Telemetry, serve: Any) -> Iterator[Callable[[
 
     def make(handler: type) -> Any:
         cls = type("Two", (runtime.ThreadingTCPServer,), {"max_children": 2})
-        server = cls(("127.0.0.1", 0), handler, telemetry=telemetry)
+        server = cls(("127.0.0.1", 0), handler, telemetry=telemetry, logger=_quiet())
         server.release = threading.Event()
         servers.append(server)
         return serve(server)
@@ -71,6 +73,10 @@ def pool_of_two(telemetry: runtime.Telemetry, serve: Any) -> Iterator[Callable[[
     yield make
     for server in servers:
         server.release.set()
+
+
+def _quiet() -> Any:
+    return make_logger(stream=io.StringIO())  # (access lines: telemetry is on)
 
 
 def _live(server: Any, timeout: float) -> Callable[[], bool]:
@@ -134,7 +140,7 @@ def test_idle_keepalive_connections_give_their_threads_to_waiting_ones(
     telemetry: runtime.Telemetry, serve: Any
 ) -> None:
     cls = type("Two", (runtime.ThreadingTCPServer,), {"max_children": 2, "queue_size": 4})
-    server = serve(cls(("127.0.0.1", 0), Hello, telemetry=telemetry))
+    server = serve(cls(("127.0.0.1", 0), Hello, telemetry=telemetry, logger=_quiet()))
     idle = []
     for _ in range(2):  # both threads now wait, idle, for these clients' next requests
         conn = http.client.HTTPConnection(*server.server_address, timeout=30)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .api import NULL, NullTelemetry, RequestRecord, ServerTelemetry
+from .._record import RequestRecord
+from .api import NULL, NullTelemetry, ServerTelemetry
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider

@@ -23,7 +23,7 @@ from typing import IO, Any, TextIO, cast
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from .api import current_request
+from .._record import current_request
 from .logsink import LogSink, json_report, sink_for
 
 __all__ = [

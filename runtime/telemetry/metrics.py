@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .._record import RequestRecord
 from .._version import __version__
-from .api import RequestRecord
 from .histogram import FastHistogram
 
 __all__ = [

@@ -53,7 +53,14 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["BatchSpanProcessor", "TracerProvider", "run_within", "tracer_provider"]
+__all__ = [
+    "BatchSpanProcessor",
+    "TracerProvider",
+    "TracingSetupError",
+    "provider_from_environment",
+    "run_within",
+    "tracer_provider",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -451,4 +458,59 @@ def tracer_provider(
     provider = TracerProvider(**kwargs)
     provider.on_drop = on_drop
     provider.add_span_processor(BatchSpanProcessor(exporter, on_drop=provider.spans_dropped))
+    return provider
+
+
+class TracingSetupError(ValueError):
+    """An ``OTEL_*`` setting the runtime cannot use (``setting`` names it)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+def provider_from_environment(exporter: str, default_service: str) -> Any:
+    """A provider for *exporter* (``none``, ``console``, ``otlp``) set up by the standard variables.
+
+    None for ``none``.  The SDK reads ``OTEL_TRACES_SAMPLER``/``_ARG``,
+    ``OTEL_SERVICE_NAME`` (default *default_service*) and ``OTEL_RESOURCE_ATTRIBUTES``;
+    the OTLP exporter reads ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, headers,
+    timeout and compression.  Every process gets its own ``service.instance.id``.
+    The provider becomes the global one too (the process is the runtime's: a
+    handler's own ``trace.get_tracer()`` spans are the request's children).
+    Raises :class:`TracingSetupError` for a protocol other than http/protobuf.
+    """
+    if exporter == "none":
+        return None
+    import uuid
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "unknown_service")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: default_service}))
+    if SERVICE_INSTANCE_ID not in resource.attributes:  # older SDKs do not add it
+        resource = resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
+    span_exporter: SpanExporter
+    if exporter == "otlp":
+        protocol = os.environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        )
+        if protocol != "http/protobuf":
+            raise TracingSetupError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                f"{protocol!r} is not supported; use http/protobuf (port 4318)",
+            )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        span_exporter = OTLPSpanExporter()
+    else:
+        span_exporter = ConsoleSpanExporter()
+    # Batching like the SDK's, without threads started in every forked child.
+    provider = tracer_provider(span_exporter, resource=resource)
+    trace.set_tracer_provider(provider)
     return provider

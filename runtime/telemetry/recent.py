@@ -18,8 +18,8 @@ import traceback
 from collections import deque
 from typing import Any
 
-from .._request import format_address
-from .api import RequestRecord
+from .._net import format_address
+from .._record import RequestRecord
 
 __all__ = ["RecentRequests"]
 

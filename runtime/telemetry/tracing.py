@@ -17,9 +17,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .._record import RequestRecord
 from .._version import __version__
 from ._forked import Capture, decode
-from .api import RequestRecord
 
 __all__ = ["ServerTracing", "Tracing"]
 
