@@ -31,9 +31,12 @@ from __future__ import annotations
 import http.server
 import socket
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._record import RequestRecord
+
+if TYPE_CHECKING:
+    from .server import ServedServer
 
 __all__ = ["install", "is_http", "stop_reading"]
 
@@ -50,7 +53,9 @@ def stop_reading(request: Any) -> None:
         pass  # closed already
 
 
-def install(server: Any, handler: Any, record: RequestRecord, request: Any) -> tuple[str, ...]:
+def install(
+    server: ServedServer, handler: Any, record: RequestRecord, request: Any
+) -> tuple[str, ...]:
     """Wrap *handler*'s request boundary methods; return the attribute names set."""
     attrs = handler.__dict__
     one_request = handler.handle_one_request
@@ -59,7 +64,7 @@ def install(server: Any, handler: Any, record: RequestRecord, request: Any) -> t
 
     def handle_one_request() -> None:
         record.idle_since = monotonic()
-        if server._rt_closing_idle:  # draining: serve what was sent already, then stop
+        if server.closing_idle:  # draining: serve what was sent already, then stop
             stop_reading(request)
         try:
             one_request()
@@ -67,7 +72,7 @@ def install(server: Any, handler: Any, record: RequestRecord, request: Any) -> t
             served = record.idle_since == 0.0
             record.idle_since = 0.0
         if served:
-            server._rt_progress_at = monotonic()
+            server.note_progress()
         # A response that went out without "Connection: close" (the drain began while it
         # was written) keeps its connection: the client may be sending on it already.
         # Its next response says close, or the drain ends it once idle.
@@ -77,7 +82,7 @@ def install(server: Any, handler: Any, record: RequestRecord, request: Any) -> t
         return bool(parse_request())
 
     def headers_end() -> None:
-        if server._rt_draining and not handler.close_connection:
+        if server.draining and not handler.close_connection:
             handler.send_header("Connection", "close")  # also sets close_connection
         end_headers()
 

@@ -194,7 +194,7 @@ class WorkerProcess:
             self.send("boot_error", error=f"{type(exc).__name__}: {exc}")
             return EXIT_BOOT_FAILED
         for signum in self.early_signals:  # asked to leave while booting
-            rt._on_signal(signum)
+            rt.handle_signal(signum)
         self.send("ready")
         code = rt.run()
         return EXIT_RECYCLED if code == 0 and rt.recycled else code
@@ -219,7 +219,7 @@ class WorkerProcess:
 
     def _early_signal(self, signum: int) -> None:
         if self.runtime is not None:
-            self.runtime._on_signal(signum)  # booted, its own handlers not yet installed
+            self.runtime.handle_signal(signum)  # booted, its own handlers not yet installed
         else:
             self.early_signals.append(signum)
 
@@ -255,14 +255,14 @@ class _WorkerRuntime(Runtime):
 
     own_queue = False  # SO_REUSEPORT: the queue is this worker's alone; take it
 
-    def _on_signal(self, signum: int) -> None:
+    def handle_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self.take_backlog = self.own_queue
             signum = signal.SIGTERM
-        super()._on_signal(signum)
+        super().handle_signal(signum)
 
     def retire(self) -> None:
-        self._on_signal(signal.SIGHUP)
+        self.handle_signal(signal.SIGHUP)
 
     supervisor = 0
 
@@ -317,18 +317,18 @@ class _SlotBound:
             setattr(self, name, getattr(bound, name))
         self._started = bound.request_started
         self._finished = bound.request_finished
-        self._records = server._rt_records
+        self._in_flight = server.in_flight_count
         self._worker = worker
         self._slots = worker.spec.slots
         self._slot = worker.slot
 
     def request_started(self, record: RequestRecord) -> None:
         self._started(record)
-        self._slots.set_requests(self._slot, len(self._records), self._worker.handled)
+        self._slots.set_requests(self._slot, self._in_flight(), self._worker.handled)
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
         self._finished(record, end)
-        self._worker.finished(max(0, len(self._records) - 1))
+        self._worker.finished(max(0, self._in_flight() - 1))
 
 
 def _listen_own(server: Any) -> None:

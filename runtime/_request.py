@@ -11,9 +11,12 @@ import functools
 import select
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._record import RequestRecord
+
+if TYPE_CHECKING:
+    from .server import ServedServer
 
 __all__ = ["HANDLER_HOOKS", "early_end", "handler_plan", "logger_enabled", "timed_hook"]
 
@@ -39,7 +42,7 @@ def handler_plan(factory: Any) -> HandlerPlan:
 
 
 def timed_hook(
-    server: Any, record: RequestRecord | None, name: str, method: Callable[[], Any]
+    server: ServedServer, record: RequestRecord | None, name: str, method: Callable[[], Any]
 ) -> Any:
     start = perf_counter()
     try:
@@ -51,7 +54,7 @@ def timed_hook(
                 record.ended = early_end(exc, record.request)
         raise
     finally:
-        server._rt_timed(record, name, start, perf_counter())
+        server.timed_hook(record, name, start, perf_counter())
 
 
 def logger_enabled(logger: Any, level: int) -> bool:

@@ -22,14 +22,15 @@ import sys
 import sysconfig
 import traceback
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from . import servers
 from .admin import AdminServer
 from .config import Address, ConfigError, Settings, parse_address
 from .examples import EXAMPLES
-from .lifecycle import Runtime
+from .lifecycle import Runtime, ServerUnit, Unit
 from .prefork import Prefork, WorkerDirError
 from .status import StatusBoard
 from .telemetry import Telemetry
@@ -196,6 +197,42 @@ def _not_a_handler(obj: Any) -> str | None:
     return f"an instance of {type(obj).__qualname__}"
 
 
+class Served(Unit, Protocol):
+    """A unit as the admin port shows it, whatever the mode: its metrics, its status."""
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The telemetry whose recent requests the status page lists (None: none kept)."""
+
+    @property
+    def families(self) -> Callable[[], Iterable[Any]] | None:
+        """Without telemetry: where the status page reads the request counters."""
+
+    @property
+    def worker_rows(self) -> Callable[[], list[dict[str, Any]]] | None:
+        """The status page's table of worker processes (None: no workers)."""
+
+    def render_metrics(self, accept: str = "") -> tuple[bytes, str]: ...
+    def keep_from_workers(self, descriptors: Any) -> None: ...
+
+
+class _ServedServer(ServerUnit):
+    """One server, as the admin port shows it: its telemetry's metrics and recent requests."""
+
+    families = None
+    worker_rows = None
+
+    def __init__(self, server: Any, telemetry: Telemetry, **options: Any) -> None:
+        super().__init__(server, **options)
+        self.telemetry = telemetry
+
+    def render_metrics(self, accept: str = "") -> tuple[bytes, str]:
+        return self.telemetry.render(accept)
+
+    def keep_from_workers(self, descriptors: Any) -> None:
+        pass  # no workers
+
+
 @dataclass
 class App:
     """A bound, not yet serving, service."""
@@ -203,7 +240,7 @@ class App:
     settings: Settings
     server: Any
     telemetry: Telemetry
-    runtime: Runtime | Prefork
+    runtime: Runtime
     admin: AdminServer | None
     address: Address
     logger: Any
@@ -342,44 +379,43 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     except OSError as exc:
         raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None
     admin = None
-    runtime: Runtime | Prefork
+    unit: Served
     if prefork:
-        runtime = _prefork(settings, server, logger, label, handler_spec, handler_modules)
+        pool = _prefork(settings, server, logger, label, handler_spec, handler_modules)
+        if sink is not None:  # the supervisor's own lines, on its /metrics
+            sink.on_drop = pool.count_dropped_log_lines
+        unit = pool
     else:
-        runtime = Runtime(
+        unit = _ServedServer(
             server,
-            drain_delay=settings.drain_delay,
-            graceful_timeout=settings.graceful_timeout,
+            telemetry,
             poll_interval=settings.poll_interval,
-            liveness_timeout=settings.liveness_timeout,
-            logger=logger,
             request_warn_after=settings.request_warn_after,
             request_timeout=settings.request_timeout,
-            flush_timeout=settings.flush_timeout,
         )
-    supervisor_drops = getattr(runtime, "count_dropped_log_lines", None)  # pre-fork
-    if supervisor_drops is not None and sink is not None:  # its own lines, on its /metrics
-        sink.on_drop = supervisor_drops
+    runtime = Runtime(
+        unit,
+        drain_delay=settings.drain_delay,
+        graceful_timeout=settings.graceful_timeout,
+        poll_interval=settings.poll_interval,
+        liveness_timeout=settings.liveness_timeout,
+        logger=logger,
+        flush_timeout=settings.flush_timeout,
+    )
     if admin_address is not None:
         try:
-            if isinstance(runtime, Prefork):
-                status = StatusBoard(
-                    runtime.lifecycle, [runtime], None, families=runtime.registry.collect,
-                    prefix=runtime.prefix, workers=runtime.workers,
-                )  # fmt: skip
-                render = runtime.render
-            else:
-                status = StatusBoard(runtime.lifecycle, [server], telemetry)
-                render = telemetry.render
+            status = StatusBoard(
+                runtime.lifecycle, [unit], unit.telemetry, families=unit.families,
+                prefix=settings.metrics_prefix, workers=unit.worker_rows,
+            )  # fmt: skip
             admin = AdminServer(
                 admin_address.address,
                 lifecycle=runtime.lifecycle,
-                render_metrics=render,
+                render_metrics=unit.render_metrics,
                 status=status,
                 logger=logger,
             )
-            if isinstance(runtime, Prefork):
-                runtime.close_in_workers.append(admin.descriptors)
+            unit.keep_from_workers(admin.descriptors)
         except OSError as exc:
             server.server_close()
             raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
@@ -422,10 +458,8 @@ def _prefork(
             max_requests=settings.max_requests,
             max_requests_jitter=settings.max_requests_jitter,
             reuse_port=settings.reuse_port,
-            drain_delay=settings.drain_delay,
             graceful_timeout=settings.graceful_timeout,
             poll_interval=settings.poll_interval,
-            liveness_timeout=settings.liveness_timeout,
             logger=logger,
             make_telemetry=make_telemetry,
             reload=reload,

@@ -1,8 +1,11 @@
 """Lifecycle: STARTING -> SERVING -> DRAINING -> STOPPED, signals, and the drain.
 
-Everything that decides the server's state lives here.  Signal handlers only
-record the signal and wake the serving loop through its pipe; the loop acts
-on it in :meth:`Runtime.tick`, so nothing deadlocks when ``serve_forever``
+One engine, :class:`Runtime`, decides the state of whatever it runs: a
+:class:`Unit`, which is one server (:class:`ServerUnit`) or a pre-fork pool
+of worker processes (``prefork.Prefork``): the same signals, wake-up, drain
+clock, drain steps and state transitions, with a different set of things to
+drain.  Signal handlers only record the signal and wake the unit's loop; the
+loop acts on it in :meth:`Runtime.tick`, so nothing deadlocks when the loop
 runs on the main thread.
 
 The graceful sequence, on the first SIGTERM or SIGINT:
@@ -18,7 +21,10 @@ The graceful sequence, on the first SIGTERM or SIGINT:
 6. flush telemetry within ``flush_timeout``; exit status 0 if nothing was
    forced, else 1.
 
-A second SIGTERM/SIGINT, or SIGQUIT, skips the waiting and stops now.
+A second SIGTERM/SIGINT, or SIGQUIT, skips the waiting and stops now (also
+during step 4).  A pre-fork pool does the same with its workers: step 3 closes
+its copy of the listener and sends each worker SIGTERM (a worker runs steps 3
+to 6 itself), step 5 kills the workers still alive.
 """
 
 from __future__ import annotations
@@ -31,15 +37,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from time import monotonic, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .telemetry.api import NULL, ServerTelemetry
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     import structlog.typing
 
-__all__ = ["Lifecycle", "Runtime", "State", "capture_signals", "InvalidTransition"]
+    from .server import ServedServer
+
+__all__ = [
+    "InvalidTransition", "Lifecycle", "Runtime", "ServerUnit", "State", "Unit", "capture_signals",
+]  # fmt: skip
 
 
 class State(enum.Enum):
@@ -60,6 +69,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
 DUMP_SIGNALS = (signal.SIGUSR1,)
+#: The signals that stop (the others a unit may act on: reload, scaling, dumps).
+STOP_SIGNALS = frozenset(GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS)
 
 
 class InvalidTransition(RuntimeError):
@@ -150,24 +161,175 @@ def capture_signals(
             signal.signal(signum, old)
 
 
+@runtime_checkable
+class Unit(Protocol):
+    """What the engine runs and drains: one server, or a pre-fork pool of workers.
+
+    The engine calls these in order: ``attach`` (once), ``start``, then ``serve``
+    (which calls :meth:`Runtime.tick` every turn and returns after
+    ``end_serving``), and for the drain ``begin_drain`` (readiness failed),
+    ``stop_accepting``, ``wait_for_idle`` (in slices), ``force_close`` if
+    something is left, ``release``, ``flush``; ``close`` always, last.
+    """
+
+    #: The bound server (its ``server_label`` names the unit in log lines).
+    server: ServedServer
+    #: The signals the engine catches while the unit runs.
+    signals: tuple[int, ...]
+
+    def attach(self, engine: Runtime) -> None: ...
+    def log_fields(self) -> dict[str, Any]: ...
+    def start(self) -> None: ...
+    def serve(self) -> None: ...
+    def end_serving(self) -> None: ...
+    def wake(self) -> None: ...
+    def signal_now(self, signum: int) -> bool: ...
+    def on_signal(self, signum: int) -> None: ...
+    def begin_drain(self) -> None: ...
+    def stop_now(self) -> None: ...
+    def stop_accepting(self, take_backlog: bool) -> dict[str, Any]: ...
+    def drain_margin(self, immediate: bool) -> float: ...
+    def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None]) -> bool: ...
+    def force_close(self) -> int: ...
+    def release(self) -> None: ...
+    def flush(self, timeout: float) -> int | None: ...
+    def close(self) -> None: ...
+    def ready(self) -> bool: ...
+    def stalled_for(self) -> float: ...
+    def state_changed(self, state: str) -> None: ...
+    def exit_status(self, forced: int) -> int: ...
+    def runtime_status(self) -> dict[str, Any]: ...
+
+
+class ServerUnit:
+    """One instrumented server as the engine's unit: its serving loop, its drain
+    steps (the core's :class:`~runtime.server.ServedServer` interface) and the
+    watchdog of its requests."""
+
+    signals: tuple[int, ...] = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS + DUMP_SIGNALS
+
+    def __init__(
+        self,
+        server: ServedServer,
+        *,
+        poll_interval: float = 0.5,
+        request_warn_after: float | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        self.server = server
+        self.poll_interval = poll_interval
+        self.request_warn_after = request_warn_after
+        self.request_timeout = request_timeout
+        self.engine: Runtime | None = None
+        self.watchdog: Watchdog | None = None
+
+    def attach(self, engine: Runtime) -> None:
+        self.engine = engine
+        self.watchdog = Watchdog(
+            self.server,
+            warn_after=self.request_warn_after,
+            timeout=self.request_timeout,
+            lifecycle=engine.lifecycle,
+            logger=engine.logger,
+        )
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"server": self.server.server_label}
+
+    def start(self) -> None:
+        self.server.set_controller(self.engine)
+        if self.watchdog is not None:
+            self.watchdog.start()
+
+    def serve(self) -> None:
+        self.server.serve_forever(self.poll_interval)
+
+    def end_serving(self) -> None:
+        self.server.shutdown()  # from the serving thread: asks the loop to stop, returns
+
+    def wake(self) -> None:
+        self.server.wake()
+
+    def signal_now(self, signum: int) -> bool:
+        if signum in DUMP_SIGNALS and self.watchdog is not None:
+            self.watchdog.request_dump()  # logged on the watchdog's thread: a stuck loop too
+            return True
+        return False
+
+    def on_signal(self, signum: int) -> None:
+        pass
+
+    def begin_drain(self) -> None:
+        self.server.begin_drain()
+
+    def stop_now(self) -> None:
+        pass  # the engine ends serving; what is in flight is forced after no wait
+
+    def stop_accepting(self, take_backlog: bool) -> dict[str, Any]:
+        server = self.server
+        taken = server.accept_backlog() if take_backlog else 0
+        server.close_listener()
+        return {"backlog_taken": taken, "idle_closed": server.close_idle()}
+
+    def drain_margin(self, immediate: bool) -> float:
+        return 0.0
+
+    def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None]) -> bool:
+        return bool(self.server.wait_for_idle(deadline, heartbeat))
+
+    def force_close(self) -> int:
+        return int(self.server.force_close())
+
+    def release(self) -> None:
+        self.server.set_controller(None)
+        self.server.server_close()
+
+    def flush(self, timeout: float) -> int | None:
+        return int(self.server.server_telemetry.flush(timeout))
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    def ready(self) -> bool:
+        return True
+
+    def stalled_for(self) -> float:
+        return float(self.server.stalled_for())
+
+    def state_changed(self, state: str) -> None:
+        self.server.server_telemetry.state_changed(state)
+
+    def exit_status(self, forced: int) -> int:
+        return 1 if forced else 0
+
+    def runtime_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.server.runtime_status()
+        return status
+
+
 class Runtime:
-    """Run one server with probes, signals and a graceful drain.
+    """The engine: run one :class:`Unit` with probes, signals and a graceful drain.
+
+    *target* is a unit, or a server (run as a :class:`ServerUnit` with
+    *poll_interval*, *request_warn_after* and *request_timeout*).
 
     Methods for the caller:
 
     - ``run() -> int``: serve until stopped; returns the exit status
     - ``stop(immediate=False)``: ask it to stop, from any thread or a signal handler
+    - ``handle_signal(signum)``: what its signal handler does (record and wake)
     """
 
-    #: The signals it handles while running (a pre-fork worker leaves SIGINT to its supervisor).
-    signals: tuple[int, ...] = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS + DUMP_SIGNALS
+    #: The signals it handles while running (None: the unit's).
+    signals: tuple[int, ...] | None = None
     #: Take the kernel's accept queue before closing the listener (a pre-fork
     #: worker leaving a pool that goes on serving leaves it to the others).
     take_backlog = True
 
     def __init__(
         self,
-        server: Any,
+        target: Any,
         *,
         drain_delay: float = 5.0,
         graceful_timeout: float = 30.0,
@@ -179,47 +341,57 @@ class Runtime:
         request_warn_after: float | None = None,
         request_timeout: float | None = None,
     ) -> None:
-        self.server = server
+        if isinstance(target, Unit):
+            unit: Unit = target
+        else:
+            unit = ServerUnit(
+                target,
+                poll_interval=poll_interval,
+                request_warn_after=request_warn_after,
+                request_timeout=request_timeout,
+            )
+        self.unit = unit
+        self.server = unit.server
         self.drain_delay = drain_delay
         self.graceful_timeout = graceful_timeout
         self.poll_interval = poll_interval
         self.flush_timeout = flush_timeout
         self.handle_signals = handle_signals
-        self._tel: ServerTelemetry = getattr(server, "_rt_tel", NULL)
-        self.logger = logger if logger is not None else server.logger
+        self.logger = logger if logger is not None else self.server.logger
         self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
-        self.lifecycle.stall_check = getattr(server, "stalled_for", None)
+        self.lifecycle.stall_check = unit.stalled_for
+        self.lifecycle.ready_check = unit.ready
         self._signals: deque[int] = deque()
         self._drain_until: float | None = None
-        self._immediate = False
+        #: True once told to stop now (SIGQUIT, a second signal): no waiting.
+        self.immediate = False
         self.forced = 0
-        self.watchdog = Watchdog(
-            server,
-            warn_after=request_warn_after,
-            timeout=request_timeout,
-            lifecycle=self.lifecycle,
-            logger=self.logger,
-        )
+        unit.attach(self)
 
     # -- called from anywhere ----------------------------------------------------
 
     def stop(self, immediate: bool = False) -> None:
         """Begin the graceful drain (or, if *immediate* or already draining, stop now)."""
-        self._on_signal(signal.SIGQUIT if immediate else signal.SIGTERM)
+        self.handle_signal(signal.SIGQUIT if immediate else signal.SIGTERM)
 
-    def _on_signal(self, signum: int) -> None:
-        # Record only (readiness reads the flag at once, even while the loop is
-        # busy in a long handler); the loop acts in tick().
-        if signum in DUMP_SIGNALS:
-            self.watchdog.request_dump()  # logged on the watchdog's thread
+    def handle_signal(self, signum: int) -> None:
+        """Record *signum* and wake the loop (all a signal handler may do); the loop acts."""
+        if self.unit.signal_now(signum):
             return
-        self.lifecycle.stop_requested = True
+        if signum in STOP_SIGNALS:
+            self.lifecycle.stop_requested = True  # readiness fails at once, even mid-request
         self._signals.append(signum)
-        self.server.wake()
+        self.unit.wake()
 
-    # -- called by the serving loop ------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """True once a drain (or a stop now) began."""
+        return self._drain_until is not None
+
+    # -- called by the unit's loop -------------------------------------------------
 
     def tick(self) -> float | None:
+        """Act on the signals; the seconds of serving left (None: not draining)."""
         self.lifecycle.heartbeat()
         while self._signals:
             self._act(self._signals.popleft())
@@ -227,7 +399,7 @@ class Runtime:
             return None
         remaining = self._drain_until - monotonic()
         if remaining <= 0:
-            self.server._rt_shutdown_request = True
+            self.unit.end_serving()
             return 0.0
         return remaining
 
@@ -235,33 +407,36 @@ class Runtime:
         self.lifecycle.heartbeat()
 
     def _act(self, signum: int) -> None:
+        if signum not in STOP_SIGNALS:
+            if self._drain_until is None:  # no reloads or scaling while stopping
+                self.unit.on_signal(signum)
+            return
         name = signal.Signals(signum).name
         if signum in IMMEDIATE_SIGNALS or self._drain_until is not None:
-            self.logger.warning("stopping now", signal=name, server=self.server.server_label)
-            self._immediate = True
+            self.logger.warning("stopping now", signal=name, **self.unit.log_fields())
+            self.immediate = True
             self._drain_until = monotonic()
-            self.server._rt_shutdown_request = True
             if self.lifecycle.state is State.SERVING:
                 self.lifecycle.to(State.DRAINING)
+            self.unit.stop_now()
+            self.unit.end_serving()
             return
         self.logger.info(
             "drain started",
             signal=name,
-            server=self.server.server_label,
+            **self.unit.log_fields(),
             drain_delay=self.drain_delay,
             graceful_timeout=self.graceful_timeout,
         )
         self._drain_until = monotonic() + self.drain_delay
         self.lifecycle.to(State.DRAINING)
-        begin = getattr(self.server, "begin_drain", None)
-        if begin is not None:
-            begin()
+        self.unit.begin_drain()
 
     def _changed(self, old: State, new: State, spent: float) -> None:
-        self._tel.state_changed(new.value)
+        self.unit.state_changed(new.value)
         self.logger.info(
             "lifecycle",
-            server=self.server.server_label,
+            **self.unit.log_fields(),
             state=new.value,
             previous=old.value,
             previous_seconds=round(spent, 6),
@@ -271,59 +446,71 @@ class Runtime:
     # -- the three steps -----------------------------------------------------------
 
     def run(self) -> int:
-        """Startup, serve, shutdown. Returns 0 if nothing was forced, else 1."""
-        self.server.set_controller(self)
-        capture = capture_signals(self._on_signal, self.signals)
-        self.watchdog.start()
+        """Startup, serve, shutdown. Returns the unit's exit status (0: nothing forced)."""
+        unit = self.unit
+        signals = self.signals if self.signals is not None else unit.signals
+        capture = capture_signals(self.handle_signal, signals)
         try:
+            unit.start()
             with capture if self.handle_signals else contextlib.nullcontext():
                 self.lifecycle.to(State.SERVING)
                 try:
-                    self.server.serve_forever(self.poll_interval)
+                    unit.serve()
                 finally:
                     self._shutdown()
         finally:
-            self.watchdog.stop()
-        return 1 if self.forced else 0
+            unit.close()
+            if self.lifecycle.state is not State.STOPPED:  # (start() failed)
+                if self.lifecycle.state is State.SERVING:
+                    self.lifecycle.to(State.DRAINING)
+                self.lifecycle.to(State.STOPPED)
+        return unit.exit_status(self.forced)
 
     def _shutdown(self) -> None:
-        server, log = self.server, self.logger
+        unit, log = self.unit, self.logger
+        fields = unit.log_fields()
         if self.lifecycle.state is State.SERVING:
             self.lifecycle.to(State.DRAINING)
         phase = perf_counter()
-        taken = server.accept_backlog() if self.take_backlog and not self._immediate else 0
-        server.close_listener()
-        close_idle = getattr(server, "close_idle", None)
-        idle_closed = close_idle() if close_idle is not None else 0
-        log.info(
-            "listener closed",
-            server=server.server_label,
-            backlog_taken=taken,
-            idle_closed=idle_closed,
-            seconds=round(perf_counter() - phase, 6),
-        )
+        steps = unit.stop_accepting(self.take_backlog and not self.immediate)
+        log.info("listener closed", **fields, **steps, seconds=round(perf_counter() - phase, 6))
         phase = perf_counter()
-        deadline = phase + (0.0 if self._immediate else self.graceful_timeout)
-        idle = server.wait_for_idle(deadline, self.lifecycle.heartbeat)
+        idle = self._wait_for_idle(phase)
         log.info(
-            "in-flight wait over",
-            server=server.server_label,
-            idle=idle,
-            seconds=round(perf_counter() - phase, 6),
+            "in-flight wait over", **fields, idle=idle, seconds=round(perf_counter() - phase, 6)
         )
         if not idle:
-            self.forced = server.force_close()
-            log.warning("forced requests", server=server.server_label, forced=self.forced)
+            self.forced = unit.force_close()
+            log.warning("forced requests", **fields, forced=self.forced)
             # Give cut handlers a moment to unwind so their records finish.
-            server.wait_for_idle(perf_counter() + 1.0, self.lifecycle.heartbeat)
-        server.set_controller(None)
-        server.server_close()
+            unit.wait_for_idle(perf_counter() + 1.0, self.lifecycle.heartbeat)
+        unit.release()
         phase = perf_counter()
-        dropped = self._tel.flush(self.flush_timeout)  # bounded, whatever the exporter does
-        log.info(
-            "telemetry flushed",
-            server=server.server_label,
-            seconds=round(perf_counter() - phase, 6),
-            spans_dropped=dropped,
-        )
+        dropped = unit.flush(self.flush_timeout)  # bounded, whatever the exporter does
+        if dropped is not None:
+            log.info(
+                "telemetry flushed",
+                **fields,
+                seconds=round(perf_counter() - phase, 6),
+                spans_dropped=dropped,
+            )
         self.lifecycle.to(State.STOPPED)
+
+    def _wait_for_idle(self, start: float) -> bool:
+        """Step 4, in slices: a second signal (or SIGQUIT) meanwhile stops the wait now."""
+        unit = self.unit
+        wait = 0.0 if self.immediate else self.graceful_timeout
+        deadline = start + wait + unit.drain_margin(self.immediate)
+        while True:
+            now = perf_counter()
+            if unit.wait_for_idle(
+                min(deadline, now + self.poll_interval), self.lifecycle.heartbeat
+            ):
+                return True
+            if perf_counter() >= deadline:
+                return False
+            was_immediate = self.immediate
+            while self._signals:
+                self._act(self._signals.popleft())
+            if self.immediate and not was_immediate:  # stop now: no more waiting
+                deadline = perf_counter() + unit.drain_margin(True)

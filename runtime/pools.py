@@ -18,9 +18,8 @@ import signal
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from time import monotonic, perf_counter
-from types import MappingProxyType
 from typing import Any
 
 from ._net import accept_queue_length
@@ -38,8 +37,17 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 _FORCED_JOIN = 2.0
 
 Item = tuple[Any, Any]
-# For a server without InstrumentedMixIn (no records): read-only, shared, never copied.
-_NO_RECORDS: Mapping[int, RequestRecord] = MappingProxyType({})
+
+
+def _record_of(server: Any, request: Any) -> RequestRecord | None:
+    """The core's record of *request* (None on a server without the runtime's mix-in)."""
+    find = getattr(server, "request_record", None)
+    return find(request) if find is not None else None
+
+
+def _telemetry_of(server: Any) -> ServerTelemetry:
+    """The server's bound telemetry (the core's interface), or one that does nothing."""
+    return getattr(server, "server_telemetry", NULL)
 
 
 class WorkerPool:
@@ -259,6 +267,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
       is shut down after it returns (default: nothing, so it is just closed).
     """
 
+    runtime_mode = "thread"
     max_children: int = DEFAULT_MAX_THREADS
     queue_size: int | None = None
     overload: str = "wait"
@@ -267,19 +276,17 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
     #: Pre-fork workers sharing a listener set this, so a connection waits in
     #: the kernel for any worker with a free thread, not in one busy worker's queue.
     accept_when_busy: bool = True
-    _rt_pool: WorkerPool | None = None
-    _rt_full_since = 0.0  # (accept_when_busy off) every thread taken, connections queued
+    _pool_workers: WorkerPool | None = None
+    _pool_full_since = 0.0  # (accept_when_busy off) every thread taken, connections queued
 
     # Provided by InstrumentedMixIn / BaseServer; declared for mypy.
-    _rt_records: dict[int, RequestRecord]
-    _rt_tel: ServerTelemetry
     server_label: str | None
 
-    def _rt_get_pool(self) -> WorkerPool:
-        pool = self._rt_pool
+    def _pool_get_pool(self) -> WorkerPool:
+        pool = self._pool_workers
         if pool is None:
             queue_size = self.max_children if self.queue_size is None else self.queue_size
-            pool = self._rt_pool = WorkerPool(
+            pool = self._pool_workers = WorkerPool(
                 self.process_request_thread,
                 max_workers=self.max_children,
                 queue_size=queue_size,
@@ -289,31 +296,31 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             )
         return pool
 
-    def _rt_room(self, wait: float) -> bool:
+    def _pool_room(self, wait: float) -> bool:
         # Without accept_when_busy, a connection is taken only when a thread is free;
         # otherwise the serving loop turns (ticks, heartbeat) and looks again.
         if self.accept_when_busy:
             return True
-        if self._rt_get_pool().wait_for_worker(wait):
-            self._rt_full_since = 0.0
+        if self._pool_get_pool().wait_for_worker(wait):
+            self._pool_full_since = 0.0
             return True
-        if not self._rt_full_since:
+        if not self._pool_full_since:
             # Connections wait in the kernel's queue while every thread is taken.
             queued = accept_queue_length(self.socket, 0)  # type: ignore[attr-defined]
             if queued:
-                self._rt_full_since = monotonic()
+                self._pool_full_since = monotonic()
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a worker thread (or wait, or reject, when full)."""
-        record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
+        record = _record_of(self, request)
         if record is not None:
             record.queued = perf_counter()
         block = self.overload != "reject"
-        pool = self._rt_get_pool()
+        pool = self._pool_get_pool()
         if pool.idle == 0 and pool.live >= pool.max_workers:
-            self._rt_reclaim(pool.queue_depth + 1)
-        if pool.submit((request, client_address), block=block, on_wait=self._rt_pool_wait):
+            self._pool_reclaim(pool.queue_depth + 1)
+        if pool.submit((request, client_address), block=block, on_wait=self._pool_wait):
             return
         if record is not None:
             record.rejected = "overload"
@@ -325,31 +332,31 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
     def handle_overload(self, request: Any, client_address: Any) -> None:
         """Called when the pool is full under the reject policy. May be overridden."""
 
-    def _rt_reclaim(self, wanted: int) -> None:
+    def _pool_reclaim(self, wanted: int) -> None:
         # Every thread is taken and connections wait: keep-alive connections idle
         # for a while give theirs up (InstrumentedMixIn.reclaim_idle).
         reclaim = getattr(self, "reclaim_idle", None)
         if reclaim is not None:
             reclaim(wanted)
 
-    def _rt_pool_wait(self) -> None:
+    def _pool_wait(self) -> None:
         """About once a second while the serving loop waits for room in the pool."""
-        heartbeat = getattr(self, "_rt_heartbeat", None)
+        heartbeat = getattr(self, "loop_heartbeat", None)
         if heartbeat is not None:
             heartbeat()
-        self._rt_reclaim(1)
+        self._pool_reclaim(1)
 
     def service_actions(self) -> None:
         super().service_actions()  # type: ignore[misc]
-        pool = self._rt_pool
+        pool = self._pool_workers
         if pool is not None and pool.waiting_since:
-            self._rt_reclaim(pool.queue_depth)
+            self._pool_reclaim(pool.queue_depth)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run on a worker: finish the request, report errors, always shut it down."""
-        record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
+        record = _record_of(self, request)
         if record is not None and record.queued:
-            self._rt_tel.queue_wait(perf_counter() - record.queued)
+            _telemetry_of(self).queue_wait(perf_counter() - record.queued)
         try:
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a failing handler never stops the server
@@ -358,14 +365,14 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             # (SystemExit and the like end this thread, as the standard library's would)
             self.shutdown_request(request)  # type: ignore[attr-defined]
 
-    def _rt_waiting_since(self) -> float | None:
-        pool = self._rt_pool
-        since = [t for t in (pool.waiting_since if pool else 0.0, self._rt_full_since) if t]
+    def _pool_waiting_since(self) -> float | None:
+        pool = self._pool_workers
+        since = [t for t in (pool.waiting_since if pool else 0.0, self._pool_full_since) if t]
         return min(since) if since else None
 
     def runtime_stats(self) -> dict[str, float]:
         stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
-        pool = self._rt_pool
+        pool = self._pool_workers
         stats["workers_max"] = self.max_children
         stats["workers_busy"] = pool.busy if pool else 0
         stats["workers_idle"] = pool.idle if pool else 0
@@ -374,13 +381,13 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
 
     def server_close(self) -> None:
         super().server_close()
-        pool = self._rt_pool
+        pool = self._pool_workers
         if pool is not None:
             # After a forced drain a handler may be stuck where no cut reaches it (a
             # lock, a computation): waiting for it forever would make SIGTERM hang.
-            timeout = _FORCED_JOIN if getattr(self, "_rt_forced", False) else None
+            timeout = _FORCED_JOIN if getattr(self, "drain_forced", False) else None
             wait = self.block_on_close and not self.daemon_threads
-            self._rt_pool = None  # (it holds our bound method: a cycle otherwise)
+            self._pool_workers = None  # (it holds our bound method: a cycle otherwise)
             if not pool.shutdown(wait=wait, timeout=timeout):
                 logger = getattr(self, "logger", None)
                 if logger is not None:
@@ -433,45 +440,43 @@ class ForkingMixIn(socketserver.ForkingMixIn):
     timeout: float | None = 300
     max_children: int = 40
     block_on_close = True
-    _rt_children: dict[int, _Child] | None = None
-    _rt_child_selector: selectors.BaseSelector | None = None
-    _rt_slot_wait = 0.0  # monotonic() since when the loop waits for a free slot
-
-    _rt_records: dict[int, RequestRecord]
-    _rt_tel: ServerTelemetry
+    runtime_mode = "fork"
+    _pool_children: dict[int, _Child] | None = None
+    _pool_child_selector: selectors.BaseSelector | None = None
+    _pool_slot_wait = 0.0  # monotonic() since when the loop waits for a free slot
 
     @property
-    def _rt_kids(self) -> dict[int, _Child]:
-        if self._rt_children is None:
-            self._rt_children = {}
-            self._rt_child_selector = selectors.DefaultSelector()
-        return self._rt_children
+    def _pool_kids(self) -> dict[int, _Child]:
+        if self._pool_children is None:
+            self._pool_children = {}
+            self._pool_child_selector = selectors.DefaultSelector()
+        return self._pool_children
 
     @property
     def active_children(self) -> set[int] | None:
         """The pids of live children (read-only view, as in the standard library)."""
-        return set(self._rt_children) if self._rt_children else None
+        return set(self._pool_children) if self._pool_children else None
 
     @active_children.setter
     def active_children(self, value: Any) -> None:
-        pass  # the standard mix-in assigns it; our state is _rt_children
+        pass  # the standard mix-in assigns it; our state is _pool_children
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Fork a child for the request, first waiting for a free slot if at the limit."""
-        children = self._rt_kids
+        children = self._pool_kids
         if len(children) >= self.max_children:
             start = perf_counter()
-            self._rt_slot_wait = monotonic()
-            heartbeat = getattr(self, "_rt_heartbeat", None)
+            self._pool_slot_wait = monotonic()
+            heartbeat = getattr(self, "loop_heartbeat", None)
             try:
                 while len(children) >= self.max_children:
-                    self._rt_reap(1.0)
+                    self._pool_reap(1.0)
                     if heartbeat is not None:
                         heartbeat()
             finally:
-                self._rt_slot_wait = 0.0
-            self._rt_tel.queue_wait(perf_counter() - start)
-        record = getattr(self, "_rt_records", _NO_RECORDS).get(id(request))
+                self._pool_slot_wait = 0.0
+            _telemetry_of(self).queue_wait(perf_counter() - start)
+        record = _record_of(self, request)
         read_end, write_end = os.pipe()
         # The drain's signal must not reach a child before it can handle it (SIGUSR2
         # would end it): blocked across the fork, the child unblocks it once ready.
@@ -489,18 +494,18 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             if record is not None:
                 record.pid = pid
             children[pid] = _Child(pid, read_end, record)
-            assert self._rt_child_selector is not None
-            self._rt_child_selector.register(read_end, selectors.EVENT_READ, pid)
+            assert self._pool_child_selector is not None
+            self._pool_child_selector.register(read_end, selectors.EVENT_READ, pid)
             self.close_request(request)  # type: ignore[attr-defined]
             return
         os.close(read_end)
-        signal.signal(_DRAIN_SIGNAL, lambda _s, _f: self._rt_child_drains())
+        signal.signal(_DRAIN_SIGNAL, lambda _s, _f: self._pool_child_drains())
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self._rt_child_main(request, client_address, record, write_end)
+        self._pool_child_main(request, client_address, record, write_end)
 
-    def _rt_child_drains(self) -> None:
+    def _pool_child_drains(self) -> None:
         """In a child, on the parent's drain signal: first "draining", then "close idle"."""
-        if not getattr(self, "_rt_draining", True):
+        if not getattr(self, "draining", True):
             self.begin_drain()
         else:
             close_idle = getattr(self, "close_idle", None)
@@ -511,23 +516,23 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         parent = getattr(super(), "begin_drain", None)
         if parent is not None:
             parent()
-        self._rt_tell_children()
+        self._pool_tell_children()
 
     def close_idle(self) -> int:
         parent = getattr(super(), "close_idle", None)
         closed = int(parent()) if parent is not None else 0
-        self._rt_tell_children()
+        self._pool_tell_children()
         return closed
 
-    def _rt_tell_children(self) -> None:
+    def _pool_tell_children(self) -> None:
         """The drain's steps reach the children too (an HTTP child ends its keep-alive)."""
-        for pid in list(self._rt_children or ()):
+        for pid in list(self._pool_children or ()):
             try:
                 os.kill(pid, _DRAIN_SIGNAL)
             except ProcessLookupError:
                 pass
 
-    def _rt_child_main(
+    def _pool_child_main(
         self, request: Any, client_address: Any, record: RequestRecord | None, pipe: int
     ) -> None:
         # This must never return, hence os._exit().
@@ -537,17 +542,16 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             # a Ctrl-C sent to the whole process group must not cut requests.
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
-            parent_tel: ServerTelemetry = getattr(self, "_rt_tel", NULL)
+            parent_tel: ServerTelemetry = getattr(self, "server_telemetry", NULL)
             parent_tel.child_begin()
-            self._rt_tel = _ChildTelemetry(parent_tel)
-            self._rt_children = None
+            self._pool_children = None
             if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
                 # Our copy of the listener would keep it open (and accepting into
                 # the backlog) after the parent closes it during a drain.
                 self.socket.close()  # type: ignore[attr-defined]
-            in_child = getattr(self, "_rt_in_child", None)
+            in_child = getattr(self, "forked_child", None)
             if in_child is not None:  # the loop's other connections are the parent's
-                in_child()
+                in_child(_ChildTelemetry(parent_tel))
             before = len(record.hooks) if record is not None else 0
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
@@ -576,22 +580,22 @@ class ForkingMixIn(socketserver.ForkingMixIn):
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap children that have exited; with *blocking*, wait for all of them."""
-        if not self._rt_children:
+        if not self._pool_children:
             return
         if not blocking:
-            self._rt_reap(0)
+            self._pool_reap(0)
             return
-        while self._rt_children:
-            self._rt_reap(None)
+        while self._pool_children:
+            self._pool_reap(None)
 
-    def _rt_reap(self, timeout: float | None) -> int:
+    def _pool_reap(self, timeout: float | None) -> int:
         """Read child reports; reap those whose pipe closed. Returns how many were reaped."""
-        selector = self._rt_child_selector
-        if selector is None or not self._rt_children:
+        selector = self._pool_child_selector
+        if selector is None or not self._pool_children:
             return 0
         reaped = 0
         for key, _ in selector.select(timeout):
-            child = self._rt_children.get(key.data)
+            child = self._pool_children.get(key.data)
             if child is None:
                 continue
             try:
@@ -601,21 +605,21 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             if chunk:
                 child.buffer += chunk
                 continue
-            self._rt_child_done(child)
+            self._pool_child_done(child)
             reaped += 1
         return reaped
 
-    def _rt_child_done(self, child: _Child) -> None:
-        assert self._rt_child_selector is not None and self._rt_children is not None
-        self._rt_child_selector.unregister(child.pipe)
+    def _pool_child_done(self, child: _Child) -> None:
+        assert self._pool_child_selector is not None and self._pool_children is not None
+        self._pool_child_selector.unregister(child.pipe)
         os.close(child.pipe)
-        del self._rt_children[child.pid]
+        del self._pool_children[child.pid]
         try:
             _, wait_status = os.waitpid(child.pid, 0)  # pipe closed: the child is exiting
             code = os.waitstatus_to_exitcode(wait_status)
         except ChildProcessError:
             code = 0
-        tel = self._rt_tel
+        tel = _telemetry_of(self)
         status = "ok" if code == 0 else ("signal" if code < 0 else "error")
         tel.child_reaped(status)
         record = child.record
@@ -641,39 +645,39 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             record.error_type = _signal_name(-code)
         elif code > 0 and not record.error_type:
             record.error_hook, record.error_type = "process_request", "ChildExit"
-        release = getattr(self, "_rt_release", None)
+        release = getattr(self, "release_record", None)
         if release is not None:
             release(record, end)  # stands for the child's shutdown_request
 
-    def _rt_loop_fds(self) -> list[int]:
+    def _pool_loop_fds(self) -> list[int]:
         # The loop waits on our selector too: a child's pipe closing wakes it,
         # and service_actions reaps that child at once (not a poll_interval later).
-        self._rt_kids  # noqa: B018 - creates the selector
-        fds: list[int] = super()._rt_loop_fds()  # type: ignore[misc]
-        fileno = getattr(self._rt_child_selector, "fileno", None)  # epoll, kqueue: yes
+        self._pool_kids  # noqa: B018 - creates the selector
+        fds: list[int] = super()._pool_loop_fds()  # type: ignore[misc]
+        fileno = getattr(self._pool_child_selector, "fileno", None)  # epoll, kqueue: yes
         return [*fds, fileno()] if fileno is not None else fds
 
-    def _rt_waiting_since(self) -> float | None:
-        return self._rt_slot_wait or None
+    def _pool_waiting_since(self) -> float | None:
+        return self._pool_slot_wait or None
 
     def child_pids(self) -> list[int]:
         """The pids of the children still running."""
-        return list(self._rt_children or ())
+        return list(self._pool_children or ())
 
     def runtime_stats(self) -> dict[str, float]:
         stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
         stats["workers_max"] = self.max_children
-        stats["workers_busy"] = len(self._rt_children or ())
+        stats["workers_busy"] = len(self._pool_children or ())
         stats["workers_idle"] = 0
         stats["queue_depth"] = 0
         return stats
 
     def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None] | None = None) -> bool:
-        while self._rt_children:
+        while self._pool_children:
             remaining = deadline - perf_counter()
             if remaining <= 0:
                 return False
-            self._rt_reap(min(remaining, 1.0))
+            self._pool_reap(min(remaining, 1.0))
             if heartbeat is not None:
                 heartbeat()
         waited: bool = super().wait_for_idle(deadline, heartbeat)  # type: ignore[misc]
@@ -682,7 +686,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
     def force_close(self) -> int:
         """Kill the children still running (SIGKILL) and reap them."""
         forced = 0
-        for pid in list(self._rt_children or ()):
+        for pid in list(self._pool_children or ()):
             try:
                 os.kill(pid, signal.SIGKILL)
                 forced += 1
@@ -693,9 +697,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
 
     def server_close(self) -> None:
         super().server_close()
-        if self._rt_child_selector is not None and not self._rt_children:
-            self._rt_child_selector.close()
-            self._rt_child_selector = None
+        if self._pool_child_selector is not None and not self._pool_children:
+            self._pool_child_selector.close()
+            self._pool_child_selector = None
 
 
 #: Parent to child: the drain began (first), the listener closed: close idle (second).

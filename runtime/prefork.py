@@ -52,16 +52,15 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 import structlog
 
 from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess, WorkerSpec
-from .lifecycle import Lifecycle, State, capture_signals
+from .lifecycle import Runtime
 
 __all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork", "WorkerDirError"]
 
@@ -84,6 +83,10 @@ EXIT_CAUSES = (
 _MIN_UPTIME = 1.0
 #: Between SIGABRT (stack dump) and SIGKILL of a hung worker.
 _ABORT_GRACE = 1.0
+#: A stopped worker's time past its graceful_timeout (forcing, flushing) before SIGKILL.
+_STOP_GRACE = 5.0
+#: A worker told to stop now (SIGQUIT) has this long before SIGKILL.
+_QUIT_GRACE = 2.0
 
 
 @dataclass(eq=False)
@@ -110,15 +113,20 @@ class _Counts:
 
 
 class Prefork:
-    """Supervise ``workers`` processes serving *server*'s socket.
+    """Supervise ``workers`` processes serving *server*'s socket: the engine's
+    (:class:`~runtime.lifecycle.Runtime`'s) unit for the pre-fork mode.
 
     *server* is an instrumented server, bound and listening, built in this
     process (sync, or with a thread pool for ``threads`` per worker).
     *make_telemetry(slot)* builds a worker's telemetry after the fork (its
     own tracer provider, so its own ``service.instance.id``); *reload()*
     returns a freshly imported handler class for workers started after a
-    SIGHUP.  Metrics of every worker are served by :meth:`render`.
+    SIGHUP.  Metrics of every worker are served by :meth:`render_metrics`.
+    *graceful_timeout* is each worker's (the engine waits that long, plus
+    the workers' own margin to force and flush, before it kills them).
     """
+
+    signals: tuple[int, ...] = _SUPERVISOR_SIGNALS
 
     def __init__(
         self,
@@ -132,10 +140,8 @@ class Prefork:
         max_requests_jitter: int = 0,
         boot_failure_limit: int = 5,
         reuse_port: bool = False,
-        drain_delay: float = 5.0,
         graceful_timeout: float = 30.0,
         poll_interval: float = 0.5,
-        liveness_timeout: float = 30.0,
         logger: structlog.typing.FilteringBoundLogger | None = None,
         make_telemetry: Callable[[int], Any] | None = None,
         reload: Callable[[], Any] | None = None,
@@ -158,7 +164,6 @@ class Prefork:
         self.max_requests_jitter = max_requests_jitter
         self.boot_failure_limit = boot_failure_limit
         self.reuse_port = reuse_port
-        self.drain_delay = drain_delay
         self.graceful_timeout = graceful_timeout
         self.poll_interval = poll_interval
         self.logger = logger if logger is not None else server.logger
@@ -172,8 +177,7 @@ class Prefork:
         self.close_in_workers: list[Any] = []
         #: The supervisor's own telemetry drops (its log lines), shown with the workers'.
         self.dropped: dict[str, int] = {"log_lines": 0}
-        self.lifecycle = Lifecycle(liveness_timeout=liveness_timeout, on_change=self._changed)
-        self.lifecycle.ready_check = lambda: self.ready_workers() >= self.min_workers
+        self.engine: Runtime | None = None
         self.generation = 0
         self.counts = _Counts()
         self.forced = 0
@@ -182,7 +186,6 @@ class Prefork:
         self.metrics_dir = os.path.join(self._dir, "metrics")
         self._stacks_dir = os.path.join(self._dir, "stacks")
         self.slots = Slots(self.max_workers)
-        self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -191,9 +194,7 @@ class Prefork:
         self._boot_failures = 0
         self._backoff = 0.0
         self._next_spawn = 0.0
-        self._stopping = False
-        self._immediate = False
-        self._drain_until = 0.0
+        self._serving = True
         self._listener_closed = False
         self._gave_up = ""
         self.registry = self._registry()
@@ -278,7 +279,7 @@ class Prefork:
                              ("queue_depth", "queue"))
         }  # fmt: skip
 
-    def pool_status(self) -> dict[str, Any]:
+    def runtime_status(self) -> dict[str, Any]:
         """The status page's server row: the pool as one server."""
         from ._net import format_address
 
@@ -291,7 +292,22 @@ class Prefork:
             **{key: int(value) for key, value in stats.items()},
         }
 
-    def render(self, accept: str = "") -> tuple[bytes, str]:
+    #: The status page reads the workers' counters from the registry (no recent requests).
+    telemetry = None
+
+    @property
+    def families(self) -> Callable[[], Iterable[Any]]:
+        return self.registry.collect  # type: ignore[no-any-return]
+
+    @property
+    def worker_rows(self) -> Callable[[], list[dict[str, Any]]]:
+        return self.workers
+
+    def keep_from_workers(self, descriptors: Any) -> None:
+        """*descriptors* (``close()``-able) are the supervisor's: workers close their copies."""
+        self.close_in_workers.append(descriptors)
+
+    def render_metrics(self, accept: str = "") -> tuple[bytes, str]:
         from .telemetry.exposition import render
 
         return render(self.registry, accept)
@@ -309,74 +325,28 @@ class Prefork:
         build_info(registry, self.prefix)
         return registry
 
-    # -- signals ----------------------------------------------------------------------
+    # -- the engine's unit ------------------------------------------------------------
 
-    def stop(self, immediate: bool = False) -> None:
-        self._on_signal(signal.SIGQUIT if immediate else signal.SIGTERM)
+    def attach(self, engine: Runtime) -> None:
+        self.engine = engine
 
-    def _on_signal(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            self.lifecycle.stop_requested = True  # readiness fails at once
-        if signum != signal.SIGCHLD:  # SIGCHLD only wakes the loop: a worker exited, reap it
-            self._signals.append(signum)
-        try:
-            os.write(self._wake_w, b"s")
-        except BlockingIOError:
-            pass  # the loop is awake already
+    @property
+    def state(self) -> str:
+        """The engine's lifecycle state (``starting`` before one runs the pool)."""
+        return self.engine.lifecycle.state.value if self.engine is not None else "starting"
 
-    def _act(self, signum: int, now: float) -> None:
-        name = signal.Signals(signum).name
-        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            if signum == signal.SIGQUIT or self._stopping:
-                self._stop_now(name, now)
-            else:
-                self._stopping = True
-                self._drain_until = now + self.drain_delay
-                self.slots.draining = True  # workers: Connection: close from now on
-                self.logger.info(
-                    "drain started", signal=name, workers=len(self._workers),
-                    drain_delay=self.drain_delay, graceful_timeout=self.graceful_timeout,
-                )  # fmt: skip
-                self.lifecycle.to(State.DRAINING)
-        elif self._stopping:
-            return  # no reloads or scaling while stopping
-        elif signum == signal.SIGHUP:
-            self.generation += 1
-            self._boot_failures = 0
-            self.logger.info("reload", signal=name, generation=self.generation)
-        elif signum == signal.SIGTTIN:
-            if self.target < self.max_workers:
-                self.target += 1
-            self.logger.info("workers", signal=name, target=self.target)
-        elif signum == signal.SIGTTOU:
-            self.target = max(1, self.target - 1)
-            self.logger.info("workers", signal=name, target=self.target)
-        elif signum == signal.SIGUSR1:
-            self.logger.info(
-                "state", state=self.lifecycle.state.value, target=self.target,
-                generation=self.generation, workers=self.workers(),
-            )  # fmt: skip
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "server": self.server.server_label,
+            "mode": "prefork",
+            "workers": len(self._workers),
+        }
 
-    def _stop_now(self, signal_name: str, now: float) -> None:
-        self.logger.warning("stopping now", signal=signal_name, workers=len(self._workers))
-        self._stopping = self._immediate = True
-        self._drain_until = now
-        if self.lifecycle.state is State.SERVING:
-            self.lifecycle.to(State.DRAINING)
-        self._close_listener()
-        for w in self._workers:
-            self._signal_worker(w, signal.SIGQUIT, w.stop_cause or "shutdown", now + 2.0)
+    @property
+    def _stopping(self) -> bool:
+        return self.engine is not None and self.engine.stopping
 
-    def _changed(self, old: State, new: State, spent: float) -> None:
-        self.logger.info(
-            "lifecycle", server=self.server.server_label, state=new.value, previous=old.value,
-            previous_seconds=round(spent, 6), pid=os.getpid(), mode="prefork",
-        )  # fmt: skip
-
-    # -- the supervisor's loop ------------------------------------------------------------
-
-    def run(self) -> int:
-        """Supervise until stopped; returns 0, 1 (something was forced) or 3 (cannot boot)."""
+    def start(self) -> None:
         self.logger.info(
             "prefork", workers=self.target, max_workers=self.max_workers,
             min_workers=self.min_workers, metrics_dir=self.metrics_dir, pid=os.getpid(),
@@ -393,58 +363,148 @@ class Prefork:
                 "does not heartbeat", connection_timeout=self._capped[1],
                 requested=self._capped[0], worker_timeout=self.worker_timeout,
             )  # fmt: skip
-        try:
-            with capture_signals(self._on_signal, _SUPERVISOR_SIGNALS):
-                self.lifecycle.to(State.SERVING)
-                self._loop()
-        finally:
-            self._kill_all()
-            self._close_listener()
-            self._selector.close()
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
-            shutil.rmtree(self._dir, ignore_errors=True)
-            os.close(self._lock_fd)  # (after the removal: the folder is nobody's only then)
-            if self.lifecycle.state is not State.STOPPED:
-                if self.lifecycle.state is State.SERVING:
-                    self.lifecycle.to(State.DRAINING)
-                self.lifecycle.to(State.STOPPED)
-        if self._gave_up:
-            return EXIT_GAVE_UP
-        return 1 if self.forced else 0
 
-    def _loop(self) -> None:
+    def serve(self) -> None:
+        """The supervisor's loop while the pool serves: signals, workers, their pipes."""
+        assert self.engine is not None
         while True:
+            wait = self.engine.tick()
+            if not self._serving:
+                return
             now = monotonic()
-            self.lifecycle.heartbeat()
-            while self._signals:
-                self._act(self._signals.popleft(), now)
             self._reap(now)
             self._check_workers(now)
-            if self._stopping:
-                if now >= self._drain_until and not self._listener_closed:
-                    self._begin_worker_drain(now)
-                if self._listener_closed and not self._workers:
-                    return
-            else:
+            if not self._stopping:
                 self._maintain(now)
                 if self._gave_up:
-                    self._stopping = True
-                    self._begin_worker_drain(now)
-            for key, _ in self._selector.select(self._timeout(now)):
-                if key.fd == self._wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                else:
-                    self._read(key.data)
+                    return  # the engine drains the workers that serve
+            self._select(self._timeout(now, wait))
 
-    def _timeout(self, now: float) -> float:
+    def end_serving(self) -> None:
+        self._serving = False
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"s")
+        except BlockingIOError:
+            pass  # the loop is awake already
+
+    def signal_now(self, signum: int) -> bool:
+        if signum == signal.SIGCHLD:  # only wakes the loop: a worker exited, reap it
+            self.wake()
+            return True
+        return False
+
+    def on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            self.generation += 1
+            self._boot_failures = 0
+            self.logger.info("reload", signal=name, generation=self.generation)
+        elif signum == signal.SIGTTIN:
+            if self.target < self.max_workers:
+                self.target += 1
+            self.logger.info("workers", signal=name, target=self.target)
+        elif signum == signal.SIGTTOU:
+            self.target = max(1, self.target - 1)
+            self.logger.info("workers", signal=name, target=self.target)
+        elif signum == signal.SIGUSR1:
+            self.logger.info(
+                "state", state=self.state, target=self.target,
+                generation=self.generation, workers=self.workers(),
+            )  # fmt: skip
+
+    def begin_drain(self) -> None:
+        self.slots.draining = True  # workers: Connection: close from now on
+
+    def stop_now(self) -> None:
+        self._close_listener()
+        kill_at = monotonic() + _QUIT_GRACE
+        for w in self._workers:
+            self._signal_worker(w, signal.SIGQUIT, w.stop_cause or "shutdown", kill_at)
+
+    def stop_accepting(self, take_backlog: bool) -> dict[str, Any]:
+        """Close the supervisor's listener; SIGTERM to every worker (each takes its share
+        of the queue, finishes and flushes)."""
+        now = monotonic()
+        self._close_listener()
+        told = 0
+        for w in self._workers:
+            if w.state != "stopping":
+                self._stop_worker(w, "shutdown", now)
+                told += 1
+        return {"workers_stopped": told}
+
+    def drain_margin(self, immediate: bool) -> float:
+        """Past the engine's wait: a worker forces and flushes in its own time, then SIGKILL."""
+        return (_QUIT_GRACE if immediate else _STOP_GRACE) + _ABORT_GRACE
+
+    def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None]) -> bool:
+        """Until every worker exited (True) or *deadline* (``perf_counter()``) passed."""
+        while True:
+            now = monotonic()
+            self._reap(now)
+            self._check_workers(now)  # (kills the workers past their kill_at)
+            if not self._workers:
+                return True
+            left = deadline - perf_counter()
+            if left <= 0:
+                return False
+            heartbeat()
+            self._select(min(left, self.poll_interval))
+
+    def force_close(self) -> int:
+        """SIGKILL the workers still alive; they count as forced."""
+        alive = [w for w in self._workers if not w.killed]
+        for w in alive:
+            self._kill(w)
+        return len(alive)
+
+    def release(self) -> None:
+        self._close_listener()
+
+    def flush(self, timeout: float) -> int | None:
+        return None  # the supervisor exports nothing itself: its workers flushed theirs
+
+    def close(self) -> None:
+        self._kill_all()
+        self._close_listener()
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        os.close(self._lock_fd)  # (after the removal: the folder is nobody's only then)
+
+    def ready(self) -> bool:
+        return self.ready_workers() >= self.min_workers
+
+    def stalled_for(self) -> float:
+        return 0.0  # each worker's stall stops its heartbeat: the supervisor replaces it
+
+    def state_changed(self, state: str) -> None:
+        pass
+
+    def exit_status(self, forced: int) -> int:
+        """0, 1 (something was forced) or 3 (workers cannot boot)."""
+        if self._gave_up:
+            return EXIT_GAVE_UP
+        return 1 if forced or self.forced else 0
+
+    def _select(self, timeout: float) -> None:
+        for key, _ in self._selector.select(timeout):
+            if key.fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            else:
+                self._read(key.data)
+
+    def _timeout(self, now: float, drain_left: float | None) -> float:
         timeout = self.poll_interval
-        if self._stopping and not self._listener_closed:
-            timeout = min(timeout, max(0.0, self._drain_until - now))
+        if drain_left is not None:
+            timeout = min(timeout, drain_left)
         if self._next_spawn > now:
             timeout = min(timeout, self._next_spawn - now)
-        return timeout
+        return max(0.0, timeout)
 
     # -- workers: start, watch, stop -----------------------------------------------------------
 
@@ -559,7 +619,7 @@ class Prefork:
         # SIGHUP: leave a pool that goes on (the accept queue is the others');
         # SIGTERM: the pool stops, take a share of the queue.
         signum = signal.SIGTERM if cause == "shutdown" else signal.SIGHUP
-        self._signal_worker(w, signum, cause, now + self.graceful_timeout + 5.0)
+        self._signal_worker(w, signum, cause, now + self.graceful_timeout + _STOP_GRACE)
 
     def _signal_worker(self, w: _Worker, signum: int, cause: str, kill_at: float) -> None:
         w.state = "stopping"
@@ -567,12 +627,6 @@ class Prefork:
         w.kill_at = kill_at if w.kill_at is None else min(w.kill_at, kill_at)
         with contextlib.suppress(ProcessLookupError):
             os.kill(w.pid, signum)
-
-    def _begin_worker_drain(self, now: float) -> None:
-        self._close_listener()
-        for w in self._workers:
-            if w.state != "stopping":
-                self._stop_worker(w, "shutdown", now)
 
     def _close_listener(self) -> None:
         if not self._listener_closed:
@@ -871,7 +925,7 @@ class _PoolCollector:
             labels=[*names, "state"],
         )  # fmt: skip
         for name in STATES:
-            state.add_metric([*labels, name], 1 if pool.lifecycle.state.value == name else 0)
+            state.add_metric([*labels, name], 1 if pool.state == name else 0)
         yield state
 
         processes = GaugeMetricFamily(

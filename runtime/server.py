@@ -87,7 +87,7 @@ from .telemetry.logging import AccessWriter, access_writer
 if TYPE_CHECKING:
     import structlog.typing
 
-__all__ = ["InstrumentedMixIn", "LoopController", "TelemetryFactory"]
+__all__ = ["InstrumentedMixIn", "LoopController", "ServedServer", "TelemetryFactory"]
 
 _ServerSelector: type[selectors.BaseSelector] = getattr(
     selectors, "PollSelector", selectors.SelectSelector
@@ -97,6 +97,8 @@ _ServerSelector: type[selectors.BaseSelector] = getattr(
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
+#: The pool gauges of a status row (``runtime_stats()`` keys).
+_STATUS_GAUGES = ("in_flight", "workers_busy", "workers_idle", "workers_max", "queue_depth")
 #: Seconds a connection taken from the kernel's queue at a drain has to send its request.
 DRAIN_GRACE = 1.0
 _MAX_DATAGRAMS_DRAINED = 65536
@@ -119,6 +121,64 @@ class LoopController(Protocol):
     def heartbeat(self) -> None:
         """The loop is alive but busy elsewhere (e.g. waiting for a pool slot)."""
         ...
+
+
+class ServedServer(Protocol):
+    """The core's public interface: what the engine (``lifecycle``), the watchdog,
+    the pools, the status page and a pre-fork worker read and call.
+
+    :class:`InstrumentedMixIn` implements it; nothing outside this module reads
+    the mix-in's ``_rt_`` state.  (Pools implement the ``_pool_`` hooks the
+    serving loop calls: ``_pool_room``, ``_pool_loop_fds``, ``_pool_waiting_since``.)
+    """
+
+    server_label: str | None
+    server_address: Any
+
+    @property
+    def logger(self) -> structlog.typing.FilteringBoundLogger: ...
+    @property
+    def transport(self) -> str: ...
+    @property
+    def server_telemetry(self) -> ServerTelemetry: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def closing_idle(self) -> bool: ...
+    @property
+    def drain_forced(self) -> bool: ...
+
+    # the loop
+    def set_controller(self, controller: LoopController | None) -> None: ...
+    def serve_forever(self, poll_interval: float = 0.5) -> None: ...
+    def shutdown(self) -> None: ...
+    def wake(self) -> None: ...
+    def loop_heartbeat(self) -> None: ...
+
+    # requests in flight, and the gauges
+    def requests_in_flight(self) -> list[RequestRecord]: ...
+    def in_flight_count(self) -> int: ...
+    def request_record(self, request: Any) -> RequestRecord | None: ...
+    def timed_hook(
+        self, record: RequestRecord | None, name: str, start: float, end: float
+    ) -> None: ...
+    def release_record(self, record: RequestRecord, end: float | None = None) -> None: ...
+    def note_progress(self) -> None: ...
+    def forked_child(self, telemetry: ServerTelemetry) -> None: ...
+    def stalled_for(self) -> float: ...
+    def runtime_stats(self) -> dict[str, float]: ...
+    def runtime_status(self) -> dict[str, Any]: ...
+
+    # the drain steps, in order
+    def begin_drain(self) -> None: ...
+    def accept_backlog(self) -> int: ...
+    def close_listener(self) -> None: ...
+    def close_idle(self) -> int: ...
+    def wait_for_idle(
+        self, deadline: float, heartbeat: Callable[[], None] | None = None
+    ) -> bool: ...
+    def force_close(self) -> int: ...
+    def server_close(self) -> None: ...
 
 
 def _transport(family: int, kind: int) -> str:
@@ -264,6 +324,55 @@ class InstrumentedMixIn:
         """Gauges read at scrape time. Pools extend this."""
         return {"in_flight": len(self._rt_records)}
 
+    # -- the core's interface (ServedServer): what the engine, the watchdog, the
+    #    pools, the status page and a pre-fork worker read and call ---------------
+
+    #: ``sync``, ``thread`` or ``fork`` (the pools set theirs): the status page's mode.
+    runtime_mode = "sync"
+
+    def runtime_status(self) -> dict[str, Any]:
+        """The status page's row for this server: name, address, mode, pool gauges."""
+        stats = self.runtime_stats()
+        return {
+            "name": str(self.server_label),
+            "transport": self.transport,
+            "address": format_address(self.server_address),
+            "mode": self.runtime_mode,
+            **{key: int(stats.get(key, 0)) for key in _STATUS_GAUGES},
+        }
+
+    @property
+    def server_telemetry(self) -> ServerTelemetry:
+        """The telemetry bound to this server (one that does nothing without ``telemetry=``)."""
+        return self._rt_tel
+
+    def requests_in_flight(self) -> list[RequestRecord]:
+        """The records of the requests in flight now (a copy: safe from any thread)."""
+        return list(self._rt_records.values())
+
+    def in_flight_count(self) -> int:
+        """How many requests are in flight now."""
+        return len(self._rt_records)
+
+    def request_record(self, request: Any) -> RequestRecord | None:
+        """The record of *request* while it is in flight (None once it finished)."""
+        return self._rt_records.get(id(request))
+
+    @property
+    def closing_idle(self) -> bool:
+        """True once the listener closed in a drain: idle connections end now."""
+        return self._rt_closing_idle
+
+    def note_progress(self) -> None:
+        """A unit of work completed (an HTTP request on a kept-alive connection, say):
+        the server is not stalled (see :meth:`stalled_for`)."""
+        self._rt_progress_at = monotonic()
+
+    @property
+    def drain_forced(self) -> bool:
+        """True once :meth:`force_close` cut requests (their threads may not unwind)."""
+        return self._rt_forced
+
     # -- the serving loop --------------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -282,7 +391,7 @@ class InstrumentedMixIn:
                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
                 listening = True
                 selector.register(wake, selectors.EVENT_READ)
-                for fd in self._rt_loop_fds():  # e.g. forked children's report pipes
+                for fd in self._pool_loop_fds():  # e.g. forked children's report pipes
                     selector.register(fd, selectors.EVENT_READ)
                 if gate is not None and gate.fileno() >= 0:
                     selector.register(gate.fileno(), selectors.EVENT_READ)
@@ -341,7 +450,7 @@ class InstrumentedMixIn:
             )
         return self._rt_gate
 
-    def _rt_loop_fds(self) -> list[int]:
+    def _pool_loop_fds(self) -> list[int]:
         """More file descriptors that should wake the serving loop (pools extend this)."""
         return []
 
@@ -388,7 +497,7 @@ class InstrumentedMixIn:
                         try:
                             self.handle_timeout()  # type: ignore[attr-defined]
                         finally:
-                            self._rt_timed(None, "handle_timeout", start, perf_counter())
+                            self.timed_hook(None, "handle_timeout", start, perf_counter())
                         return
 
     def get_request(self) -> Any:
@@ -425,17 +534,17 @@ class InstrumentedMixIn:
 
     def _rt_accept_batch(self, limit: int) -> None:
         for i in range(limit):  # the first may wait a little for room, the rest not at all
-            if not self._rt_room(0.2 if i == 0 else 0.0):
+            if not self._pool_room(0.2 if i == 0 else 0.0):
                 return
             if self._rt_accept_one() != _TAKEN or self._rt_woken:
                 return  # empty, failing, or woken (a signal, shutdown()): turn now
 
-    def _rt_room(self, wait: float) -> bool:
+    def _pool_room(self, wait: float) -> bool:
         """Whether to take a connection now (pools that take only when free say no)."""
         return True
 
     def _handle_request_noblock(self) -> int:
-        return self._rt_accept_one() if self._rt_room(0.2) else _EMPTY
+        return self._rt_accept_one() if self._pool_room(0.2) else _EMPTY
 
     def _rt_accept_one(self) -> int:
         """Take one connection or datagram through the hook chain.
@@ -498,7 +607,7 @@ class InstrumentedMixIn:
         record.refs = [_LAST, _NOT_LAST]
         self._rt_records[id(request)] = record
         tel.request_started(record)
-        self._rt_timed(record, "get_request", start, now)
+        self.timed_hook(record, "get_request", start, now)
         stream = self.socket_type == socket.SOCK_STREAM
         if stream and self.tcp_nodelay:
             self._rt_set_nodelay(request)
@@ -507,7 +616,7 @@ class InstrumentedMixIn:
                 accepted = self.verify_request(request, client_address)  # type: ignore[attr-defined]
             finally:
                 start, now = now, perf_counter()
-                self._rt_timed(record, "verify_request", start, now)
+                self.timed_hook(record, "verify_request", start, now)
             if not accepted:
                 record.rejected = "verify_request"
                 self.shutdown_request(request)
@@ -529,13 +638,13 @@ class InstrumentedMixIn:
             self.shutdown_request(request)
             raise
         finally:
-            self._rt_release(record)
+            self.release_record(record)
 
     def _rt_process_request(self, record: RequestRecord, start: float) -> None:
         try:
             self.process_request(record.request, record.client_address)  # type: ignore[attr-defined]
         finally:
-            self._rt_timed(record, "process_request", start, perf_counter())
+            self.timed_hook(record, "process_request", start, perf_counter())
 
     def _rt_dispatch(self, record: RequestRecord) -> None:
         """A waiting connection's request head arrived: on with the hook chain."""
@@ -583,7 +692,7 @@ class InstrumentedMixIn:
             self._rt_tel.error("service_actions", type(exc).__name__)
             self.logger.error("service_actions failed", server=self.server_label, exc_info=True)
         finally:
-            self._rt_timed(None, "service_actions", start, perf_counter())
+            self.timed_hook(None, "service_actions", start, perf_counter())
 
     def _rt_turn(self, poll_interval: float) -> float | None:
         """Run the controller's tick; return how long the next select may wait."""
@@ -593,7 +702,7 @@ class InstrumentedMixIn:
         wait = controller.tick()
         return poll_interval if wait is None else max(0.0, min(wait, poll_interval))
 
-    def _rt_heartbeat(self) -> None:
+    def loop_heartbeat(self) -> None:
         if self._rt_controller is not None:
             self._rt_controller.heartbeat()
 
@@ -642,12 +751,12 @@ class InstrumentedMixIn:
             raise
         finally:
             end = perf_counter()
-            self._rt_timed(record, "finish_request", start, end)
+            self.timed_hook(record, "finish_request", start, end)
             current_request.reset(current)
             if token is not None:
                 tel.deactivate(token)
             if direct:
-                self._rt_release(record, end)
+                self.release_record(record, end)
 
     def _rt_not_handled(self, record: RequestRecord, exc: BaseException) -> None:
         """SystemExit, KeyboardInterrupt...: not handled (the standard library lets them
@@ -671,9 +780,9 @@ class InstrumentedMixIn:
         try:
             super().shutdown_request(request)  # type: ignore[misc]
         finally:
-            self._rt_timed(record, "shutdown_request", start, perf_counter())
+            self.timed_hook(record, "shutdown_request", start, perf_counter())
             if record is not None:
-                self._rt_release(record)
+                self.release_record(record)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log the failure as one structured line with its traceback (not stderr)."""
@@ -701,7 +810,7 @@ class InstrumentedMixIn:
             current_request.reset(current)
             if token is not None:
                 self._rt_tel.deactivate(token)
-            self._rt_timed(record, "handle_error", start, perf_counter())
+            self.timed_hook(record, "handle_error", start, perf_counter())
 
     def _rt_log_early_end(
         self,
@@ -779,12 +888,12 @@ class InstrumentedMixIn:
 
     # -- records ---------------------------------------------------------------
 
-    def _rt_timed(self, record: RequestRecord | None, name: str, start: float, end: float) -> None:
+    def timed_hook(self, record: RequestRecord | None, name: str, start: float, end: float) -> None:
         if record is not None:
             record.hooks.append((name, start, end))
         self._rt_tel.hook(name, end - start, record)
 
-    def _rt_release(self, record: RequestRecord, end: float | None = None) -> None:
+    def release_record(self, record: RequestRecord, end: float | None = None) -> None:
         try:
             last = record.refs.pop()
         except IndexError:  # shutdown_request called again (e.g. by a handler): done already
@@ -927,7 +1036,7 @@ class InstrumentedMixIn:
         stalled = 0.0
         if self._rt_backoff.paused:
             stalled = now - self._rt_backoff.since  # nothing accepted since
-        waiting = self._rt_waiting_since()
+        waiting = self._pool_waiting_since()
         if waiting is not None:
             waited = now - max(waiting, self._rt_progress_at) - (self.connection_timeout or 0.0)
             if waited > 0.0 and self._rt_bytes_moved(now):
@@ -957,12 +1066,15 @@ class InstrumentedMixIn:
             self._rt_progress_at = now
         return moved
 
-    def _rt_waiting_since(self) -> float | None:
+    def _pool_waiting_since(self) -> float | None:
         """monotonic() since when requests wait for a worker (pools override)."""
         return None
 
-    def _rt_in_child(self) -> None:
-        """In a forked request child: let go of what belongs to the serving loop."""
+    def forked_child(self, telemetry: ServerTelemetry) -> None:
+        """In a forked request child: report through *telemetry* (the child's stand-in,
+        which passes its timings to the parent) and let go of what belongs to the
+        serving loop."""
+        self._rt_tel = telemetry
         if self._rt_gate is not None:
             self._rt_gate.release_in_child()
             self._rt_gate = None
@@ -1081,6 +1193,10 @@ class InstrumentedMixIn:
 
 
 _plain_dgram: dict[type, bool] = {}
+
+
+if TYPE_CHECKING:  # the mix-in is the interface (mypy checks it here)
+    _IMPLEMENTS: type[ServedServer] = InstrumentedMixIn
 
 
 def _plain_datagram_get_request(cls: type) -> bool:

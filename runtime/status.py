@@ -28,10 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._net import format_address
 from ._version import __version__
 from .lifecycle import Lifecycle
-from .pools import ForkingMixIn, ThreadingMixIn
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry
@@ -55,7 +53,7 @@ class StatusBoard:
     def __init__(
         self,
         lifecycle: Lifecycle,
-        servers: Sequence[Any],
+        servers: Sequence[Any],  # each has runtime_status(): a server, or a pre-fork pool
         telemetry: Telemetry | None = None,
         *,
         families: Callable[[], Iterable[Any]] | None = None,
@@ -163,7 +161,7 @@ class StatusBoard:
             "ready": lifecycle.ready(),
             "live": lifecycle.live(),
             "heartbeat_age_seconds": round(lifecycle.heartbeat_age(), 3),
-            "servers": [_server_status(server) for server in self.servers],
+            "servers": [server.runtime_status() for server in self.servers],
             "telemetry": self.counting,
             "recent": self.telemetry is not None,
             "interval_seconds": self.interval,
@@ -264,28 +262,3 @@ def quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]) -> 
             return lower + (upper - lower) * (rank - below) / in_bucket
         below, lower = count, upper
     return lower
-
-
-def _server_status(server: Any) -> dict[str, Any]:
-    pool_status = getattr(server, "pool_status", None)
-    if pool_status is not None:  # a pre-fork supervisor: its workers as one server
-        status: dict[str, Any] = pool_status()
-        return status
-    if isinstance(server, ForkingMixIn):
-        mode = "fork"
-    elif isinstance(server, ThreadingMixIn):
-        mode = "thread"
-    else:
-        mode = "sync"
-    stats = server.runtime_stats()
-    return {
-        "name": str(server.server_label),
-        "transport": server.transport,
-        "address": format_address(server.server_address),
-        "mode": mode,
-        "in_flight": int(stats.get("in_flight", 0)),
-        "workers_busy": int(stats.get("workers_busy", 0)),
-        "workers_idle": int(stats.get("workers_idle", 0)),
-        "workers_max": int(stats.get("workers_max", 0)),
-        "queue_depth": int(stats.get("queue_depth", 0)),
-    }

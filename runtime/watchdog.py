@@ -24,10 +24,13 @@ import sys
 import threading
 import traceback
 from time import monotonic, perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._net import format_address
 from ._record import RequestRecord
+
+if TYPE_CHECKING:
+    from .server import ServedServer
 
 __all__ = ["RequestTimeout", "Watchdog"]
 
@@ -49,7 +52,7 @@ class Watchdog:
 
     def __init__(
         self,
-        server: Any,
+        server: ServedServer,
         *,
         warn_after: float | None = None,
         timeout: float | None = None,
@@ -107,7 +110,7 @@ class Watchdog:
         if self.warn_after is None and self.timeout is None:
             return
         now = perf_counter()
-        for record in list(self.server._rt_records.values()):
+        for record in self.server.requests_in_flight():
             age = now - record.perf
             if self.timeout is not None and age > self.timeout and not record.watch & _TIMED_OUT:
                 record.watch |= _TIMED_OUT | _WARNED
@@ -116,7 +119,7 @@ class Watchdog:
                 self.warn_after is not None and age > self.warn_after and not record.watch & _WARNED
             ):
                 record.watch |= _WARNED
-                self.server._rt_tel.request_slow()
+                self.server.server_telemetry.request_slow()
                 self.logger.warning(
                     "slow request",
                     server=self.server.server_label,
@@ -130,7 +133,7 @@ class Watchdog:
         where = _where(record)  # the stack before we cut the request
         record.fail("watchdog", RequestTimeout(f"ran {age:.3f}s, timeout {self.timeout}s"))
         record.ended = "timed_out"
-        self.server._rt_tel.request_timed_out()
+        self.server.server_telemetry.request_timed_out()
         if record.pid:
             try:
                 os.kill(record.pid, signal.SIGKILL)
@@ -154,7 +157,7 @@ class Watchdog:
     def dump(self) -> None:
         """Log the lifecycle, the pool and every request in flight with its age."""
         now = perf_counter()
-        records = sorted(self.server._rt_records.values(), key=lambda r: r.perf)
+        records = sorted(self.server.requests_in_flight(), key=lambda r: r.perf)
         requests = [
             {
                 "client": format_address(r.client_address),

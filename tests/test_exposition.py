@@ -22,7 +22,7 @@ def _populated() -> CollectorRegistry:
         telemetry=telemetry, server_name='we"ird\\name\n',
     )  # fmt: skip
     try:
-        bound = server._rt_tel
+        bound = server.server_telemetry
         for hook in ("get_request", "handle", "finish"):
             bound.hook(hook, 0.0003)
         record = runtime.RequestRecord(None, ("127.0.0.1", 1), 0.0, 0)

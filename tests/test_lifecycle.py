@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import threading
 from typing import Any
 
 import pytest
 from _proc import RuntimeProcess, connect, poll, refused
 
+import runtime
 from runtime.lifecycle import TRANSITIONS, InvalidTransition, Lifecycle, Runtime, State
+from runtime.telemetry.api import NULL
 
 # -- the state machine, no sockets ------------------------------------------------
 
@@ -58,16 +61,24 @@ def test_liveness_fails_when_the_heartbeat_is_stale() -> None:
 
 
 class _FakeServer:
-    """Just what Runtime.tick touches: no sockets needed to test the decisions."""
+    """Just what Runtime.tick touches (the core's public interface): no sockets needed
+    to test the decisions."""
 
     server_label = "fake"
+    server_telemetry = NULL
 
     def __init__(self) -> None:
-        self._rt_shutdown_request = False
+        self.loop_stopping = False
         self.woken = 0
 
     def wake(self) -> None:
         self.woken += 1
+
+    def shutdown(self) -> None:  # from the serving thread: asks the loop to stop
+        self.loop_stopping = True
+
+    def begin_drain(self) -> None:
+        pass
 
 
 def _runtime(**kw: Any) -> tuple[Runtime, _FakeServer]:
@@ -81,38 +92,71 @@ def _runtime(**kw: Any) -> tuple[Runtime, _FakeServer]:
 
 def test_signal_handler_only_records_and_wakes_the_loop() -> None:
     rt, server = _runtime(drain_delay=60)
-    rt._on_signal(signal.SIGTERM)
+    rt.handle_signal(signal.SIGTERM)
     assert server.woken == 1
     assert rt.lifecycle.state is State.SERVING  # nothing acted yet...
     assert not rt.lifecycle.ready()  # ...but readiness already fails
     wait = rt.tick()
     assert rt.lifecycle.state is State.DRAINING
     assert wait is not None and 0 < wait <= 60
-    assert not server._rt_shutdown_request  # still serving during drain_delay
+    assert not server.loop_stopping  # still serving during drain_delay
 
 
 def test_drain_delay_zero_stops_the_loop_on_the_next_tick() -> None:
     rt, server = _runtime(drain_delay=0)
     rt.stop()
     rt.tick()
-    assert server._rt_shutdown_request
+    assert server.loop_stopping
 
 
 def test_second_signal_stops_now() -> None:
     rt, server = _runtime(drain_delay=60)
-    rt._on_signal(signal.SIGINT)
+    rt.handle_signal(signal.SIGINT)
     rt.tick()
-    assert not server._rt_shutdown_request
-    rt._on_signal(signal.SIGINT)
+    assert not server.loop_stopping
+    rt.handle_signal(signal.SIGINT)
     rt.tick()
-    assert server._rt_shutdown_request and rt._immediate
+    assert server.loop_stopping and rt.immediate
 
 
 def test_sigquit_stops_now() -> None:
     rt, server = _runtime(drain_delay=60)
-    rt._on_signal(signal.SIGQUIT)
+    rt.handle_signal(signal.SIGQUIT)
     rt.tick()
-    assert server._rt_shutdown_request and rt._immediate
+    assert server.loop_stopping and rt.immediate
+
+
+class _Holds(runtime.StreamRequestHandler):
+    """Answers one line, then holds its connection (no drain hook: it stays in flight)."""
+
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+        self.rfile.read()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_stop_during_the_in_flight_wait_stops_now() -> None:
+    # Once the loop had ended the wait for requests in flight heard no signals: a second
+    # SIGTERM (or SIGQUIT) waited out the whole graceful timeout.
+    server = runtime.ThreadingTCPServer(("127.0.0.1", 0), _Holds)
+    rt = Runtime(server, handle_signals=False, drain_delay=0, graceful_timeout=3600)
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(rt.run()), daemon=True)
+    thread.start()
+    poll(rt.lifecycle.ready, what="serving")
+    sock = connect(server.server_address)
+    try:
+        sock.sendall(b"hi\n")
+        assert sock.makefile("rb").readline() == b"hi\n"
+        rt.stop()
+        poll(lambda: server.socket.fileno() == -1, what="the listener closed: the in-flight wait")
+        assert rt.lifecycle.state is State.DRAINING
+        rt.stop()
+        thread.join(30)
+        assert status == [1]  # stopped now: the connection in flight was cut (forced)
+        assert rt.lifecycle.state is State.STOPPED
+    finally:
+        sock.close()
 
 
 # -- real processes ----------------------------------------------------------------

@@ -122,12 +122,12 @@ def test_thread_mode_timeout_cuts_the_connection(stack_factory: Any) -> None:
 def test_state_dump_lists_requests_in_flight_with_their_ages(stack_factory: Any) -> None:
     s = stack_factory(Reads)
     rt = Runtime(s.server, handle_signals=False)
-    rt.watchdog = s.watchdog
+    rt.unit.watchdog = s.watchdog
     socks = [socket.create_connection(s.server.server_address, timeout=10) for _ in range(2)]
     try:
         for sock in socks:
             assert sock.recv(4) == b"ack\n"
-        rt._on_signal(signal.SIGUSR1)  # what the SIGUSR1 handler does
+        rt.handle_signal(signal.SIGUSR1)  # what the SIGUSR1 handler does
         poll(lambda: s.lines("state"), what="the state line")
         (line,) = s.lines("state")
         assert line["in_flight"] == 2
