@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest deps bench bench-suite compat clean
+.PHONY: run test lint typecheck pytest deps bench bench-suite compat clean readme
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ deps:
 
 run: $(STAMP)
 	$(PY) -m runtime echo --bind 127.0.0.1:9000 --admin 127.0.0.1:9100
+
+# The README's table of settings, from their declarations in runtime/config.py.
+readme: $(STAMP)
+	$(PY) -c 'from runtime.config import write_readme; write_readme("README.md")'
 
 lint: $(STAMP)
 	$(PY) -m ruff check runtime tests bench dashboards deploy

@@ -300,15 +300,10 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
     cls = servers.instrument(base, mode)
     attrs: dict[str, Any] = {
         "allow_reuse_address": True,
-        "request_queue_size": settings.backlog,
-        "tcp_nodelay": settings.tcp_nodelay,
-        "access_log": settings.access_log,
-        "connection_timeout": settings.connection_timeout,
-        "header_timeout": settings.header_timeout,
         # The drain bounds the wait for requests in flight; a thread stuck past it must not
         # keep the process from exiting (the interpreter joins non-daemon threads at exit).
         "daemon_threads": True,
-        "overload": settings.overload,
+        **settings.options("server"),
     }
     if address.family == socket.AF_INET6:
         attrs["address_family"] = address.family
@@ -386,22 +381,8 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             sink.on_drop = pool.count_dropped_log_lines
         unit = pool
     else:
-        unit = _ServedServer(
-            server,
-            telemetry,
-            poll_interval=settings.poll_interval,
-            request_warn_after=settings.request_warn_after,
-            request_timeout=settings.request_timeout,
-        )
-    runtime = Runtime(
-        unit,
-        drain_delay=settings.drain_delay,
-        graceful_timeout=settings.graceful_timeout,
-        poll_interval=settings.poll_interval,
-        liveness_timeout=settings.liveness_timeout,
-        logger=logger,
-        flush_timeout=settings.flush_timeout,
-    )
+        unit = _ServedServer(server, telemetry, **settings.options("unit"))
+    runtime = Runtime(unit, logger=logger, **settings.options("engine"))
     if admin_address is not None:
         try:
             status = StatusBoard(
@@ -447,27 +428,14 @@ def _prefork(
         importlib.invalidate_caches()
         return _load_handler(handler_spec)  # not a handler any more: the new workers fail to boot
 
-    workers = settings.worker_count
     try:
         return Prefork(
             server,
-            workers=workers,
-            max_workers=settings.max_children,
-            min_workers=settings.min_workers,
-            worker_timeout=settings.worker_timeout,
-            max_requests=settings.max_requests,
-            max_requests_jitter=settings.max_requests_jitter,
-            reuse_port=settings.reuse_port,
-            graceful_timeout=settings.graceful_timeout,
-            poll_interval=settings.poll_interval,
+            workers=settings.worker_count,
             logger=logger,
             make_telemetry=make_telemetry,
             reload=reload,
-            request_warn_after=settings.request_warn_after,
-            request_timeout=settings.request_timeout,
-            prefix=settings.metrics_prefix,
-            flush_timeout=settings.flush_timeout,
-            worker_tmp_dir=settings.worker_tmp_dir,
+            **settings.options("pool"),
         )
     except WorkerDirError as exc:
         server.server_close()

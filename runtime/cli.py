@@ -30,20 +30,17 @@ from typing import Any, NoReturn
 from ._version import __version__
 from .app import StartupError, build
 from .config import (
-    LIMITS,
-    MAX_WORKERS,
-    MODES,
-    OVERLOAD,
-    TRACES,
+    GROUPS,
     ConfigError,
     Settings,
+    declared,
     environment_variables,
+    help_text,
     named_as_given,
     parse_value,
     settings_from,
 )
 from .examples import EXAMPLES
-from .telemetry.logging import FORMATS, LEVELS
 
 __all__ = ["PROG", "SCRIPT", "main", "parse"]
 
@@ -75,11 +72,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the setting and what is wrong.
         self.exit(2, f"{self.name}: error: {message} (see --help)\n")
-
-
-def _range(name: str) -> str:
-    """A setting's range for its help: ``1-1024``, ``>0-86400``."""
-    return LIMITS[name].span()
 
 
 def _usage() -> str:
@@ -120,170 +112,19 @@ def _parser(prog: str = "python -m runtime", name: str = PROG) -> argparse.Argum
         help="module:Class of a socketserver request handler (a BaseRequestHandler subclass, "
         "or a functools.partial of one), or an example name (default: echo)",
     )
-    a = p.add_argument_group("server and its pool").add_argument
-    a(
-        "--bind",
-        metavar="ADDR",
-        help="host:port, udp://host:port, unix:/path or unixgram:/path (default: 127.0.0.1:9000)",
-    )
-    a("--mode", choices=MODES, help="sync, thread (default), fork or prefork")
-    a(
-        "--server",
-        metavar="MODULE:CLASS",
-        help="socketserver server class to instrument, e.g. http.server:HTTPServer",
-    )
-    a(
-        "--max-children",
-        metavar="N",
-        help=f"ceiling of worker threads (default 128), forked children (default 40), "
-        f"{_range('max_children')}; or of prefork workers (default 2 x --workers), at most "
-        f"{MAX_WORKERS}",
-    )
-    a(
-        "--queue-size",
-        metavar="N",
-        help=f"thread hand-off queue, {_range('queue_size')} (default: max-children)",
-    )
-    a("--overload", choices=OVERLOAD, help="when full: wait (backpressure, default) or reject")
-    a(
-        "--backlog",
-        metavar="N",
-        help=f"listen backlog, {_range('backlog')} (default 128; the kernel caps it at "
-        "net.core.somaxconn)",
-    )
-    a(
-        "--tcp-nodelay",
-        action=argparse.BooleanOptionalAction,
-        help="set TCP_NODELAY on accepted connections (default on)",
-    )
-    a = p.add_argument_group("pre-fork (--mode prefork)").add_argument
-    a(
-        "--workers",
-        metavar="N",
-        help=f"worker processes, {_range('workers')} (default: usable CPUs)",
-    )
-    a(
-        "--threads",
-        metavar="N",
-        help=f"threads per worker, {_range('threads')} (default 0: none)",
-    )
-    a(
-        "--min-workers",
-        metavar="N",
-        help=f"ready with this many up, {_range('min_workers')} (default 1)",
-    )
-    a(
-        "--worker-timeout",
-        metavar="SECONDS",
-        help="abort (stack logged) and replace a worker silent this long, "
-        f"{_range('worker_timeout')} and at least 2 x --poll-interval, 0: never (default 30)",
-    )
-    a(
-        "--max-requests",
-        metavar="N",
-        help=f"recycle a worker after N requests, {_range('max_requests')} (0: never)",
-    )
-    a(
-        "--max-requests-jitter",
-        metavar="N",
-        help=f"plus up to N, at random, {_range('max_requests_jitter')}",
-    )
-    a(
-        "--reuse-port",
-        action=argparse.BooleanOptionalAction,
-        help="a SO_REUSEPORT listener per worker instead of one shared (default off)",
-    )
-    a(
-        "--worker-tmp-dir",
-        metavar="DIR",
-        help="where the supervisor makes the folder of the workers' metric files and "
-        "stacks (default: the system's, $TMPDIR or /tmp); a read-only root needs a writable "
-        "mount there, or e.g. /dev/shm",
-    )
-    a = p.add_argument_group("drain and probes").add_argument
-    a(
-        "--admin",
-        metavar="HOST:PORT",
-        help="admin port for /metrics /livez /readyz (default 127.0.0.1:9100; 'off' disables)",
-    )
-    a(
-        "--drain-delay",
-        metavar="SECONDS",
-        help="after SIGTERM, keep serving this long with readiness failing, "
-        f"{_range('drain_delay')} (default 5)",
-    )
-    a(
-        "--graceful-timeout",
-        metavar="SECONDS",
-        help="then wait this long for requests in flight before forcing them, "
-        f"{_range('graceful_timeout')} (default 30)",
-    )
-    a(
-        "--flush-timeout",
-        metavar="SECONDS",
-        help="then wait at most this long to export the last spans (the rest are counted as "
-        f"dropped), {_range('flush_timeout')} (default 5)",
-    )
-    a(
-        "--liveness-timeout",
-        metavar="SECONDS",
-        help="/livez fails when the serving loop made no progress for this long, "
-        f"{_range('liveness_timeout')} and at least 2 x --poll-interval (default 30)",
-    )
-    a(
-        "--poll-interval",
-        metavar="SECONDS",
-        help=f"how often an idle serving loop turns (heartbeat, deadlines), "
-        f"{_range('poll_interval')} (default 0.5)",
-    )
-    a = p.add_argument_group("time limits").add_argument
-    a(
-        "--connection-timeout",
-        metavar="SECONDS",
-        help="idle limit of a stream connection's reads and writes, "
-        f"{_range('connection_timeout')} or 'none' (default 60); "
-        "a handler's own timeout attribute wins",
-    )
-    a(
-        "--header-timeout",
-        metavar="SECONDS",
-        help="a new connection waits for its request without a worker (HTTP: the whole head; "
-        "other handlers: if they set request_head_end), and is closed if it takes longer, "
-        f"{_range('header_timeout')} or 'none' (default 10)",
-    )
-    a(
-        "--request-warn-after",
-        metavar="SECONDS",
-        help="log (once, with its thread's stack) and count a request running longer, "
-        f"{_range('request_warn_after')} or 'none' (default 30)",
-    )
-    a(
-        "--request-timeout",
-        metavar="SECONDS",
-        help="end a request running longer: cut its connection, or kill its child, "
-        f"{_range('request_timeout')} or 'none' (default none)",
-    )
-    a = p.add_argument_group("telemetry").add_argument
-    a("--server-name", metavar="NAME", help="the 'server' metric label (default: handler name)")
-    a("--metrics-prefix", metavar="PREFIX", help="metric name prefix (default socketserver_)")
-    a(
-        "--log-level",
-        choices=LEVELS,
-        help="default info; debug also prints the traceback behind a start-up error (e.g. "
-        "a handler module that fails to import) after its one line",
-    )
-    a("--log-format", choices=FORMATS, help="json, console, or auto (console on a TTY)")
-    a(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        help="one log line per request (default on)",
-    )
-    a(
-        "--traces",
-        choices=TRACES,
-        help="trace exporter: none (default, or OTEL_TRACES_EXPORTER), console or otlp "
-        "(OTLP/HTTP; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...)",
-    )
+    for group in GROUPS:  # every setting's flag, as declared in runtime.config
+        add = p.add_argument_group(group).add_argument
+        for f in declared():
+            if f.metadata["group"] != group:
+                continue
+            options: dict[str, Any] = {"help": help_text(f.name)}
+            if str(f.type).startswith("bool"):
+                options["action"] = argparse.BooleanOptionalAction
+            elif f.metadata["choices"]:
+                options["choices"] = f.metadata["choices"]
+            else:
+                options["metavar"] = f.metadata["metavar"]
+            add("--" + f.name.replace("_", "-"), **options)
     return p
 
 

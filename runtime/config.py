@@ -5,6 +5,12 @@ Every invalid value raises :class:`ConfigError` naming the setting (as its
 flag, or as the ``RUNTIME_*`` variable when the value came from one) and the
 fix; only the CLI turns that into a message and exit status 2.
 
+Each setting is declared once, as a field of :class:`Settings` made by
+:func:`setting`: its default, type, range, help text and who takes it; the
+command line's flags, the ``RUNTIME_*`` variables, ``--help``, the README's
+table (``make readme``) and the keyword arguments ``app`` passes on
+(:meth:`Settings.options`) are derived from it.
+
 Every numeric setting has a declared range (:data:`LIMITS`), checked whichever
 way the value arrives (a flag, a variable, ``Settings(...)`` in code): no NaN,
 no infinity, nothing a socket, a ``select()`` or the machine cannot take.
@@ -24,8 +30,9 @@ from typing import Any
 from .telemetry.logging import FORMATS, LEVELS
 
 __all__ = [
-    "LIMITS", "MAX_SECONDS", "MAX_WORKERS", "Address", "ConfigError", "Limit", "Settings",
-    "environment_variables", "named_as_given", "parse_address", "parse_value", "settings_from",
+    "CONSUMERS", "GROUPS", "LIMITS", "MAX_SECONDS", "MAX_WORKERS", "Address", "ConfigError",
+    "Limit", "Settings", "declared", "default_text", "environment_variables", "help_text",
+    "named_as_given", "parse_address", "parse_value", "readme_table", "setting", "settings_from",
 ]  # fmt: skip
 
 MODES = ("sync", "thread", "fork", "prefork")
@@ -59,7 +66,8 @@ class Limit:
 
     ``above``: ``low`` itself is excluded (a time-out of 0 would end everything at
     once).  ``seconds``: a duration.  ``off``: ``none`` (or ``off``) turns it off.
-    ``zero``: what 0 means, when it means something.
+    ``zero``: what 0 means, when it means something.  ``why``: the reason for the
+    range, for the README's table.
     """
 
     low: float
@@ -68,6 +76,7 @@ class Limit:
     above: bool = False
     off: bool = False
     zero: str = ""
+    why: str = ""
 
     def rule(self) -> str:
         """The range in words, as the error messages give it."""
@@ -82,6 +91,14 @@ class Limit:
         """The range in a few characters, for a flag's help: ``1-1024``, ``>0-86400``."""
         return f"{'>' if self.above else ''}{_number(self.low)}-{_number(self.high)}"
 
+    def words(self) -> str:
+        """The range for the README's table: ``0 (never) to 86400 s, or none``."""
+        low = f"over {_number(self.low)}" if self.above else _number(self.low)
+        zero = f" ({self.zero})" if self.zero else ""
+        unit = " s" if self.seconds else ""
+        off = ", or `none`" if self.off else ""
+        return f"{low}{zero} to {_number(self.high)}{unit}{off}"
+
     def allows(self, value: float) -> bool:
         if not math.isfinite(value):
             return False
@@ -95,35 +112,10 @@ class Limit:
         return ConfigError(setting, f"{self.rule()}, got {shown}{finite}")
 
 
-#: Every numeric setting's range.  Counts protect the machine; durations are seconds.
-LIMITS: dict[str, Limit] = {
-    # Threads (thread mode, default 128) or forked children (fork mode, default 40);
-    # each holds a connection and a stack, so tens of thousands are a typo.
-    "max_children": Limit(1, 4096),
-    "workers": Limit(1, MAX_WORKERS),
-    "min_workers": Limit(1, MAX_WORKERS),
-    "threads": Limit(0, 1024),  # per worker; workers x threads threads in all
-    # Connections accepted and waiting for a thread, each holding a file descriptor.
-    "queue_size": Limit(0, 65536),
-    # listen(): the kernel silently caps it at net.core.somaxconn (4096 by default since
-    # Linux 5.4; the field was 16 bits before), and Python rejects more than a C int.
-    "backlog": Limit(1, 65535),
-    # A billion requests is "never" in practice (which is 0); stays a 64-bit count.
-    "max_requests": Limit(0, 1_000_000_000, zero="never"),
-    "max_requests_jitter": Limit(0, 1_000_000_000),
-    "worker_timeout": Limit(0, MAX_SECONDS, seconds=True, zero="never"),
-    "drain_delay": Limit(0, MAX_SECONDS, seconds=True),
-    "graceful_timeout": Limit(0, MAX_SECONDS, seconds=True),
-    "flush_timeout": Limit(0, MAX_SECONDS, seconds=True),
-    "liveness_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True),
-    "connection_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
-    "header_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
-    "request_warn_after": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
-    "request_timeout": Limit(0, MAX_SECONDS, seconds=True, above=True, off=True),
-    # An idle serving loop turns (heartbeat, signals, deadlines) once per interval:
-    # below 1 ms it spins a core, above a minute heartbeats and drain deadlines lag.
-    "poll_interval": Limit(0.001, 60, seconds=True),
-}
+_DAY = "a day: longer is a typo"
+_SECONDS = Limit(0, MAX_SECONDS, seconds=True, why=_DAY)
+_TIME_LIMIT = Limit(0, MAX_SECONDS, seconds=True, above=True, off=True, why=_DAY)
+_PROCESSES = "each worker is a whole interpreter, tens of MB"
 
 
 def _number(value: float) -> str:
@@ -190,46 +182,214 @@ def parse_address(text: str, setting: str = "--bind") -> Address:
     return Address(transport, (host, port), family)
 
 
+#: The groups of ``--help`` (and of the README's table), in their order.
+GROUPS = (
+    "server and its pool", "pre-fork (--mode prefork)", "drain and probes", "time limits",
+    "telemetry",
+)  # fmt: skip
+SERVER, PREFORK, DRAIN, TIME_LIMITS, TELEMETRY = GROUPS
+#: Who takes a setting as a keyword argument (``Settings.options``): the engine
+#: (``lifecycle.Runtime``), a single server's unit (``lifecycle.ServerUnit``), the
+#: pre-fork pool (``prefork.Prefork``), the server class (as an attribute).
+CONSUMERS = ("engine", "unit", "pool", "server")
+
+
+def setting(
+    default: Any,
+    group: str,
+    text: str,
+    *,
+    metavar: str | None = None,
+    limit: Limit | None = None,
+    choices: tuple[str, ...] | None = None,
+    shown: str | None = None,
+    takes: tuple[str, ...] | Mapping[str, str] = (),
+) -> Any:
+    """Declare a setting: its default, its ``--help`` group and *text*, its range.
+
+    The flag (``--kebab-case``), the ``RUNTIME_UPPER_SNAKE`` variable, the range
+    check, the help line (*text*, then the range unless *text* places it with
+    ``{range}``, then the default: *shown*, or the default as a user writes it;
+    ) and the README's table all come from this
+    one declaration.  *takes*: the consumers (:data:`CONSUMERS`) that get it as
+    a keyword argument of the same name, or a mapping consumer -> keyword.
+    """
+    if not isinstance(takes, Mapping):
+        takes = {consumer: "" for consumer in takes}
+    if group not in GROUPS or not set(takes) <= set(CONSUMERS):
+        raise ValueError(f"bad declaration: {group!r}, {takes!r}")
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "group": group, "help": text, "metavar": metavar, "limit": limit,
+            "choices": choices, "shown": shown, "takes": dict(takes),
+        },
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything that configures one runtime. Flags in ``--kebab-case``,
-    environment variables as ``RUNTIME_UPPER_SNAKE``."""
+    """Everything that configures one runtime, each setting declared once (:func:`setting`):
+    flags in ``--kebab-case``, environment variables as ``RUNTIME_UPPER_SNAKE``."""
 
-    handler: str = "echo"
-    bind: str | None = None  # None: the example's default, else 127.0.0.1:9000
-    mode: str = "thread"
-    server: str | None = None  # module:Class, e.g. http.server:HTTPServer
-    max_children: int | None = None  # None: the pool's default (128 threads, 40 children)
-    # prefork: worker processes (None: usable CPUs), threads in each (0: one request at a time)
-    workers: int | None = None
-    threads: int = 0
-    min_workers: int = 1  # readiness needs this many workers up
-    worker_timeout: float = 30.0  # a worker without a heartbeat this long is aborted (0: never)
-    max_requests: int = 0  # recycle a worker after this many requests (0: never)
-    max_requests_jitter: int = 0
-    reuse_port: bool = False  # prefork: a SO_REUSEPORT listener per worker, not one shared
-    queue_size: int | None = None  # None: max_children
-    overload: str = "wait"
-    backlog: int = 128
-    tcp_nodelay: bool = True
-    admin: str | None = "127.0.0.1:9100"  # None or "off": no admin port
-    drain_delay: float = 5.0
-    graceful_timeout: float = 30.0
-    liveness_timeout: float = 30.0
-    connection_timeout: float | None = 60.0  # idle limit per stream connection
-    request_warn_after: float | None = 30.0  # None: no slow-request warnings
-    request_timeout: float | None = None  # None: requests may run as long as they like
-    poll_interval: float = 0.5
-    flush_timeout: float = 5.0  # the drain's deadline for exporting spans
-    # A new connection's deadline for its first request (HTTP: the whole head); None: off.
-    header_timeout: float | None = 10.0
-    worker_tmp_dir: str | None = None  # prefork: where its folder goes (None: the temp dir)
-    server_name: str | None = None
-    metrics_prefix: str = "socketserver_"
-    log_level: str = "info"
-    log_format: str = "auto"
-    access_log: bool = True
-    traces: str = "none"
+    handler: str = "echo"  # the positional HANDLER (see cli._usage)
+    # -- server and its pool
+    bind: str | None = setting(
+        None, SERVER, "host:port, udp://host:port, unix:/path or unixgram:/path", metavar="ADDR",
+        shown="127.0.0.1:9000, or the example's",
+    )  # fmt: skip
+    mode: str = setting(
+        "thread", SERVER, "sync: one request at a time; thread: a bounded thread pool; "
+        "fork: a child process each; prefork: supervised worker processes", choices=MODES,
+    )  # fmt: skip
+    server: str | None = setting(
+        None, SERVER, "socketserver server class to instrument, e.g. http.server:HTTPServer",
+        metavar="MODULE:CLASS", shown="the example's, else the socketserver class of --bind",
+    )  # fmt: skip
+    max_children: int | None = setting(
+        None, SERVER, "ceiling of worker threads or forked children, {range}; in prefork mode "
+        f"of worker processes, at most {MAX_WORKERS}", metavar="N",
+        shown="128 threads, 40 children; in prefork 2 x --workers", takes={"pool": "max_workers"},
+        # Threads or forked children each hold a connection and a stack: tens of thousands
+        # are a typo.
+        limit=Limit(1, 4096, why="each holds a connection and a stack"),
+    )  # fmt: skip
+    queue_size: int | None = setting(
+        None, SERVER, "thread hand-off queue", metavar="N", shown="--max-children",
+        limit=Limit(0, 65536, why="each queued connection holds a file descriptor"),
+    )  # fmt: skip
+    overload: str = setting(
+        "wait", SERVER, "when the pool is full: wait (backpressure) or reject", choices=OVERLOAD,
+        takes=("server",),
+    )  # fmt: skip
+    backlog: int = setting(
+        128, SERVER, "listen backlog (the kernel caps it at net.core.somaxconn)", metavar="N",
+        takes={"server": "request_queue_size"},
+        # The kernel silently caps it at net.core.somaxconn (4096 by default since Linux 5.4;
+        # the field was 16 bits before), and Python rejects more than a C int.
+        limit=Limit(1, 65535, why="the kernel caps it at `net.core.somaxconn` anyway"),
+    )  # fmt: skip
+    tcp_nodelay: bool = setting(
+        True, SERVER, "set TCP_NODELAY on accepted connections", takes=("server",)
+    )
+    # -- pre-fork
+    workers: int | None = setting(
+        None, PREFORK, "worker processes", metavar="N", shown="the usable CPUs",
+        limit=Limit(1, MAX_WORKERS, why=_PROCESSES),
+    )  # fmt: skip
+    threads: int = setting(
+        0, PREFORK, "threads per worker", metavar="N", shown="0: none",
+        limit=Limit(0, 1024, why="per worker: workers x threads threads in all"),
+    )  # fmt: skip
+    min_workers: int = setting(
+        1, PREFORK, "ready with this many up", metavar="N", takes=("pool",),
+        limit=Limit(1, MAX_WORKERS, why=_PROCESSES),
+    )  # fmt: skip
+    worker_timeout: float = setting(
+        30.0, PREFORK, "abort (stack logged) and replace a worker silent this long, {range} "
+        "and at least 2 x --poll-interval, 0: never", metavar="SECONDS", takes=("pool",),
+        limit=Limit(0, MAX_SECONDS, seconds=True, zero="never",
+                    why="and at least 2 x `--poll-interval`: an idle worker beats once per "
+                    "poll interval"),
+    )  # fmt: skip
+    max_requests: int = setting(
+        0, PREFORK, "recycle a worker after N requests", metavar="N", shown="0: never",
+        takes=("pool",),
+        # A billion requests is "never" in practice (which is 0); stays a 64-bit count.
+        limit=Limit(0, 1_000_000_000, zero="never", why="a billion is never in practice"),
+    )  # fmt: skip
+    max_requests_jitter: int = setting(
+        0, PREFORK, "plus up to N, at random", metavar="N", takes=("pool",),
+        limit=Limit(0, 1_000_000_000, why="a billion is never in practice"),
+    )  # fmt: skip
+    reuse_port: bool = setting(
+        False, PREFORK, "a SO_REUSEPORT listener per worker instead of one shared",
+        takes=("pool",),
+    )  # fmt: skip
+    worker_tmp_dir: str | None = setting(
+        None, PREFORK, "where the supervisor makes the folder of the workers' metric files and "
+        "stacks; a read-only root needs a writable mount there, or e.g. /dev/shm",
+        metavar="DIR", shown="the system's, $TMPDIR or /tmp", takes=("pool",),
+    )  # fmt: skip
+    # -- drain and probes
+    admin: str | None = setting(
+        "127.0.0.1:9100", DRAIN, "admin port for /metrics /livez /readyz and the status "
+        "page; off: none", metavar="HOST:PORT",
+    )  # fmt: skip
+    drain_delay: float = setting(
+        5.0, DRAIN, "after SIGTERM, keep serving this long with readiness failing",
+        metavar="SECONDS", limit=_SECONDS, takes=("engine",),
+    )  # fmt: skip
+    graceful_timeout: float = setting(
+        30.0, DRAIN, "then wait this long for requests in flight before forcing them",
+        metavar="SECONDS", limit=_SECONDS, takes=("engine", "pool"),
+    )  # fmt: skip
+    flush_timeout: float = setting(
+        5.0, DRAIN, "then wait at most this long to export the last spans (the rest are "
+        "counted as dropped)", metavar="SECONDS", limit=_SECONDS, takes=("engine", "pool"),
+    )  # fmt: skip
+    liveness_timeout: float = setting(
+        30.0, DRAIN, "/livez fails when the serving loop made no progress for this long, "
+        "{range} and at least 2 x --poll-interval", metavar="SECONDS", takes=("engine",),
+        limit=Limit(0, MAX_SECONDS, seconds=True, above=True,
+                    why="and at least 2 x `--poll-interval`, else `/livez` says stalled while "
+                    "idle"),
+    )  # fmt: skip
+    poll_interval: float = setting(
+        0.5, DRAIN, "how often an idle serving loop turns (heartbeat, deadlines)",
+        metavar="SECONDS", takes=("engine", "unit", "pool"),
+        # An idle serving loop turns (heartbeat, signals, deadlines) once per interval.
+        limit=Limit(0.001, 60, seconds=True, why="below 1 ms an idle loop spins a core; "
+                    "above a minute heartbeats and deadlines lag"),
+    )  # fmt: skip
+    # -- time limits
+    connection_timeout: float | None = setting(
+        60.0, TIME_LIMITS, "idle limit of a stream connection's reads and writes (a handler's "
+        "own timeout attribute wins)", metavar="SECONDS", limit=_TIME_LIMIT, takes=("server",),
+    )  # fmt: skip
+    header_timeout: float | None = setting(
+        10.0, TIME_LIMITS, "a new connection waits for its request without a worker (HTTP: "
+        "the whole head; other handlers: if they set request_head_end), and is closed if it "
+        "takes longer", metavar="SECONDS", limit=_TIME_LIMIT, takes=("server",),
+    )  # fmt: skip
+    request_warn_after: float | None = setting(
+        30.0, TIME_LIMITS, "log (once, with its thread's stack) and count a request running "
+        "longer", metavar="SECONDS", limit=_TIME_LIMIT, takes=("unit", "pool"),
+    )  # fmt: skip
+    request_timeout: float | None = setting(
+        None, TIME_LIMITS, "end a request running longer: cut its connection, or kill its "
+        "child", metavar="SECONDS", limit=_TIME_LIMIT, takes=("unit", "pool"),
+    )  # fmt: skip
+    # -- telemetry
+    server_name: str | None = setting(
+        None, TELEMETRY, "the 'server' metric label", metavar="NAME", shown="the handler's name"
+    )
+    metrics_prefix: str = setting(
+        "socketserver_", TELEMETRY, "metric name prefix", metavar="PREFIX",
+        takes={"pool": "prefix"},
+    )  # fmt: skip
+    log_level: str = setting(
+        "info", TELEMETRY, "debug also prints the traceback behind a start-up error (e.g. a "
+        "handler module that fails to import) after its one line", choices=LEVELS,
+    )  # fmt: skip
+    log_format: str = setting(
+        "auto", TELEMETRY, "auto: console on a terminal, else json", choices=FORMATS
+    )
+    access_log: bool = setting(True, TELEMETRY, "one log line per request", takes=("server",))
+    traces: str = setting(
+        "none", TELEMETRY, "trace exporter: console or otlp (OTLP/HTTP; "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...)",
+        choices=TRACES, shown="none, or OTEL_TRACES_EXPORTER",
+    )  # fmt: skip
+
+    def options(self, consumer: str) -> dict[str, Any]:
+        """The keyword arguments *consumer* (:data:`CONSUMERS`) takes, from the declarations."""
+        found = {}
+        for f in dataclasses.fields(self):
+            keyword = f.metadata.get("takes", {}).get(consumer)
+            if keyword is not None:
+                found[keyword or f.name] = getattr(self, f.name)
+        return found
 
     def __post_init__(self) -> None:
         def choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -343,6 +503,71 @@ def _flag(name: str) -> str:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+#: Every numeric setting's range (from the declarations).
+LIMITS: dict[str, Limit] = {
+    f.name: f.metadata["limit"] for f in _FIELDS.values() if f.metadata.get("limit") is not None
+}
+
+
+def declared() -> list[dataclasses.Field[Any]]:
+    """The settings a flag sets (all but the positional HANDLER), in declaration order."""
+    return [f for f in _FIELDS.values() if "group" in f.metadata]
+
+
+def help_text(name: str) -> str:
+    """Setting *name*'s ``--help`` line: its text, range and default, as declared."""
+    f = _FIELDS[name]
+    text: str = f.metadata["help"]
+    limit: Limit | None = f.metadata["limit"]
+    if limit is not None:
+        span = limit.span() + (" or 'none'" if limit.off else "")
+        text = text.replace("{range}", span) if "{range}" in text else f"{text}, {span}"
+    return f"{text} (default: {default_text(name)})"
+
+
+def default_text(name: str) -> str:
+    """Setting *name*'s default as a user writes it: ``5``, ``none``, ``on``."""
+    f = _FIELDS[name]
+    shown = f.metadata.get("shown")
+    if shown:
+        return str(shown)
+    value = f.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return _number(value)
+    return str(value)
+
+
+README_BEGIN = "<!-- settings: made by `make readme` from runtime/config.py -->"
+README_END = "<!-- settings end -->"
+
+
+def readme_table() -> str:
+    """The README's table of settings, made from the declarations (``make readme``)."""
+    rows = [
+        "| flag | variable | default | values | what it does |",
+        "|---|---|---|---|---|",
+    ]
+    for f in declared():
+        m = f.metadata
+        limit: Limit | None = m["limit"]
+        if m["choices"]:
+            values = ", ".join(m["choices"])
+        elif limit is not None:
+            values = limit.words() + (f" ({limit.why})" if limit.why else "")
+        elif str(f.type).startswith("bool"):
+            values = "on, off"
+        else:
+            values = ""
+        what = m["help"].replace("{range}", limit.span() if limit else "").replace("|", "\\|")
+        default = default_text(f.name)
+        rows.append(
+            f"| `{_flag(f.name)}` | `RUNTIME_{f.name.upper()}` | {default} | {values} | {what} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def parse_value(name: str, raw: str, source: str) -> Any:
@@ -453,3 +678,16 @@ def settings_from(
         if given != exc.setting:
             raise ConfigError(given, exc.message) from None
         raise
+
+
+def write_readme(path: str) -> bool:
+    """Put :func:`readme_table` between the markers in the README at *path*; True if changed."""
+    with open(path) as f:
+        text = f.read()
+    head, rest = text.split(README_BEGIN + "\n", 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_BEGIN}\n{readme_table()}{README_END}{tail}"
+    if new != text:
+        with open(path, "w") as f:
+            f.write(new)
+    return new != text

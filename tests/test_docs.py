@@ -37,3 +37,10 @@ def test_every_alert_links_to_its_runbook_section() -> None:
         url = rule["annotations"]["runbook_url"]
         assert url.startswith("README.md#"), url
         assert url.split("#", 1)[1] in anchors, f"{rule['alert']}: no README section {url}"
+
+
+def test_the_readme_table_of_settings_is_made_from_their_declarations() -> None:
+    from runtime.config import README_BEGIN, README_END, readme_table
+
+    table = README.split(README_BEGIN + "\n", 1)[1].split(README_END, 1)[0]
+    assert table == readme_table(), "run `make readme`: the settings changed since"

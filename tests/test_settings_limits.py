@@ -210,6 +210,42 @@ def test_every_numeric_setting_has_a_range() -> None:
     assert numeric == set(LIMITS)
 
 
+def test_every_setting_is_a_flag_with_its_declared_help_and_a_variable() -> None:
+    from runtime.config import declared, help_text
+
+    parser = cli._parser()
+    flags = {a.dest: a for a in parser._actions}  # (argparse keeps no public list)
+    for f in declared():
+        action = flags[f.name]
+        assert action.option_strings[0] == "--" + f.name.replace("_", "-")
+        assert action.help == help_text(f.name)
+        value = str(f.default).lower()
+        if isinstance(f.default, bool):
+            value = "on" if f.default else "off"
+        if f.default is not None:  # its RUNTIME_* variable sets the same setting
+            assert getattr(cli.parse([], {_variable(f.name): value}), f.name) == f.default
+
+
+@pytest.mark.parametrize("consumer", ["engine", "unit", "pool", "server"])
+def test_every_setting_passed_on_is_a_keyword_its_consumer_takes(consumer: str) -> None:
+    # Declared once (runtime/config.py): app passes Settings.options(consumer) on as it is.
+    import inspect
+
+    import runtime
+    from runtime.lifecycle import Runtime, ServerUnit
+    from runtime.prefork import Prefork
+
+    options = Settings(mode="prefork").options(consumer)
+    assert options
+    if consumer == "server":  # class attributes of the instrumented server
+        cls = runtime.instrument(runtime.TCPServer, "thread")
+        assert all(hasattr(cls, name) for name in options), options
+        return
+    target = {"engine": Runtime, "unit": ServerUnit, "pool": Prefork}[consumer]
+    accepted = inspect.signature(target).parameters
+    assert set(options) <= set(accepted), set(options) - set(accepted)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("args", "environ", "setting"),
