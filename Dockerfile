@@ -4,7 +4,7 @@
 #   docker build -t socketserver-runtime:0.1.0 .
 #   docker run --rm -p 9000:9000 -p 9100:9100 socketserver-runtime:0.1.0
 #
-# Checked by tests/test_container.py: hadolint clean, and the final stage's ENTRYPOINT, CMD,
+# Checked by tests/deploy/test_container.py: hadolint clean, and the final stage's ENTRYPOINT, CMD,
 # ENV and HEALTHCHECK run on the host exactly as the image would run them.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm

@@ -49,11 +49,11 @@ test: lint typecheck pytest
 # The tests again on the other supported Pythons this machine has (pyenv's), each in its
 # own venv. Every Python runs even when an earlier one fails; the end prints one line per
 # Python (passed / failed / not installed, skipped) and the status is non-zero if any failed.
-# COMPAT_PYTEST_ARGS narrows the run, e.g. COMPAT_PYTEST_ARGS=tests/test_cli.py. By default
+# COMPAT_PYTEST_ARGS narrows the run, e.g. COMPAT_PYTEST_ARGS=tests/integration/test_cli.py. By default
 # it leaves out the benchmarks' smoke runs: the benchmarks run on the main venv's Python only
 # (make bench, make bench-suite), and their smoke runs take 80 s a Python.
 COMPAT_PYTHONS ?= 3.10 3.12 3.13
-COMPAT_PYTEST_ARGS ?= --ignore=tests/test_bench_smoke.py --ignore=tests/test_bench_suite_smoke.py
+COMPAT_PYTEST_ARGS ?= --ignore=tests/integration/test_bench_smoke.py --ignore=tests/integration/test_bench_suite_smoke.py
 compat: deps
 	@set --; failed=0; \
 	for v in $(COMPAT_PYTHONS); do \

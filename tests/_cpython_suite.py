@@ -45,7 +45,7 @@ SKIPS: dict[str, str] = {
         "inspects the standard library's private ThreadingMixIn._threads list (len() of it); "
         "runtime runs requests on a bounded pool of reused threads and keeps no such list. "
         "The behaviour it guards (finished requests' threads are not kept: bpo-37193) is "
-        "tests/test_pools.py::test_flood_never_runs_more_than_max_children_handlers_and_"
+        "tests/unit/test_pools.py::test_flood_never_runs_more_than_max_children_handlers_and_"
         "reuses_threads"
     ),
     "MiscTestCase.test_all": (
@@ -53,7 +53,7 @@ SKIPS: dict[str, str] = {
         "is 'socketserver' is in __all__. runtime's classes live in runtime.* (subclasses, "
         "so __module__ is not 'socketserver') and its __all__ adds its own API. What a user "
         "relies on (every name of socketserver.__all__ is in runtime, a subclass of its "
-        "namesake) is tests/test_stdlib_compat.py::"
+        "namesake) is tests/unit/test_stdlib_compat.py::"
         "test_every_standard_name_exists_and_subclasses_its_namesake"
     ),
 }

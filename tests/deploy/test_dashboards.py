@@ -1,6 +1,6 @@
 """The Grafana dashboards: generated, portable, and built only from metrics the runtime exposes.
 
-No Prometheus here (tests/test_prometheus_integration.py runs every query for real); the
+No Prometheus here (tests/integration/test_prometheus_integration.py runs every query for real); the
 metric names come from the /metrics page of a real demo server in thread, fork and pre-fork
 mode.
 """

@@ -28,7 +28,7 @@ import runtime
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Metric = Callable[..., float]
 WaitFor = Callable[..., None]
 REQUESTS = "socketserver_requests_total"

@@ -87,7 +87,7 @@ def test_with_tcp_migrate_req_a_killed_worker_loses_no_connection() -> None:
     script = f"""
 import json, os, signal, sys, threading, time
 from collections import Counter
-sys.path.insert(0, {str(ROOT / "tests")!r})
+sys.path[:0] = [{str(ROOT / "tests")!r}, {os.path.dirname(os.path.abspath(__file__))!r}]
 from _proc import RuntimeProcess, poll
 from test_prefork_reuseport import _load
 rt = RuntimeProcess("echo", "--mode", "prefork", "--workers", "2", "--reuse-port",
