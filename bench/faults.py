@@ -380,6 +380,51 @@ def reuse_port(root: Path, kind: str) -> str:
         server.kill()
 
 
+def stop_while_booting(root: Path) -> str:
+    """SIGTERM to a pre-fork pool while it replaces recycled workers, 20 rounds, every CPU kept
+    busy: how many stops waited for a worker that missed the signal (killed after the grace)?"""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 1)]  # fmt: skip
+    took: list[float] = []
+    codes: Counter[int | None] = Counter()
+    try:
+        for _ in range(20):
+            server = Server(root, "echo", "--mode", "prefork", "--workers", "2", "--reuse-port",
+                            "--max-requests", "200", "--drain-delay", "0", "--graceful-timeout",
+                            "5", "--no-access-log")  # fmt: skip
+            stop = threading.Event()
+
+            def load(address: tuple[str, int] = server.address, done: Any = stop) -> None:
+                while not done.is_set():
+                    _echo_once(address, 5.0)
+
+            try:
+                server.wait_ready()
+                threads = [threading.Thread(target=load) for _ in range(6)]
+                for t in threads:
+                    t.start()
+                deadline = time.monotonic() + 30
+                while sum('"worker recycling"' in x for x in server.err) < 8:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+                stop.set()
+                for t in threads:
+                    t.join(10)
+                code, seconds = server.stop(30)
+                codes[code] += 1
+                took.append(seconds)
+            finally:
+                stop.set()
+                server.kill()
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    slow = sum(1 for t in took if t > 3.0)
+    return f"rounds={len(took)} slow_stops={slow} max_s={max(took)} exits={dict(codes)}"
+
+
 def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -396,6 +441,7 @@ SCENARIOS: dict[str, Callable[[Path], str]] = {
     "client-reset": client_reset,
     "reuse-port-recycle": lambda root: reuse_port(root, "recycle"),
     "reuse-port-kill": lambda root: reuse_port(root, "kill"),
+    "stop-while-booting": stop_while_booting,
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from ._record import RequestRecord
 from .lifecycle import Runtime
 from .telemetry.api import NULL, ServerTelemetry
+from .telemetry.pool import use_worker_files
 
 __all__ = ["EXIT_BOOT_FAILED", "EXIT_RECYCLED", "Slots", "WorkerProcess", "WorkerSpec"]
 
@@ -133,7 +134,10 @@ class WorkerProcess:
     """What runs in a forked worker: boot, report ready, serve, exit.
 
     *inherited*: the supervisor's own descriptors the fork copied (its wake-up
-    pipe, its selector, the other workers' pipes), closed at once.
+    pipe, its selector, the other workers' pipes), closed at once.  *signal_mask*:
+    the mask to restore once the worker's own handlers are in place (the
+    supervisor forks with its signals blocked, so a signal sent to the new
+    worker in between waits for them instead of running the supervisor's).
     """
 
     def __init__(
@@ -143,8 +147,10 @@ class WorkerProcess:
         generation: int,
         report_fd: int,
         inherited: tuple[int, ...] = (),
+        signal_mask: set[int] | None = None,
     ) -> None:
         self.spec = spec
+        self.signal_mask = signal_mask
         self.slot = slot
         self.generation = generation
         self.report_fd = report_fd
@@ -205,8 +211,10 @@ class WorkerProcess:
         for signum in (signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
             signal.signal(signum, signal.SIG_IGN)  # the supervisor's to act on
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # acted on once the runtime runs
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # acted on once it runs
             signal.signal(signum, lambda s, _f: self._early_signal(s))
+        if self.signal_mask is not None:  # what arrived since the fork is delivered now
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.signal_mask)
         for fd in self.inherited:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -215,7 +223,7 @@ class WorkerProcess:
         stack = open(os.path.join(spec.stacks_dir, f"w{self.slot}.txt"), "w")  # noqa: SIM115
         faulthandler.enable(file=stack, all_threads=True)  # SIGABRT: dump the stacks, then die
         spec.slots.reset(self.slot, os.getpid())
-        _use_multiprocess_values(spec.metrics_dir, f"w{self.slot}")
+        use_worker_files(spec.metrics_dir, self.slot)
 
     def _early_signal(self, signum: int) -> None:
         if self.runtime is not None:
@@ -342,17 +350,3 @@ def _listen_own(server: Any) -> None:
         own.listen(server.request_queue_size)
     shared.close()
     server.socket = own
-
-
-def _use_multiprocess_values(directory: str, name: str) -> None:
-    """Make every metric value created from now on live in *directory*'s files for *name*.
-
-    prometheus-client picks its value class when it is imported (by
-    ``PROMETHEUS_MULTIPROC_DIR``); a worker switches after the fork, with its
-    slot's name instead of its pid, so a replacement continues the slot's
-    counters.
-    """
-    from prometheus_client import values
-
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    values.ValueClass = values.MultiProcessValue(lambda: name)  # type: ignore[no-untyped-call]

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import json
 import os
 import selectors
@@ -52,7 +51,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from typing import Any
@@ -61,6 +60,7 @@ import structlog
 
 from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess, WorkerSpec
 from .lifecycle import Runtime
+from .telemetry.pool import PoolMetrics, PoolSnapshot
 
 __all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork", "WorkerDirError"]
 
@@ -175,8 +175,6 @@ class Prefork:
         self.flush_timeout = flush_timeout
         #: Sockets the workers must not keep (the admin port's, say).
         self.close_in_workers: list[Any] = []
-        #: The supervisor's own telemetry drops (its log lines), shown with the workers'.
-        self.dropped: dict[str, int] = {"log_lines": 0}
         self.engine: Runtime | None = None
         self.generation = 0
         self.counts = _Counts()
@@ -197,7 +195,10 @@ class Prefork:
         self._serving = True
         self._listener_closed = False
         self._gave_up = ""
-        self.registry = self._registry()
+        self.metrics = PoolMetrics(
+            self.metrics_dir, prefix, snapshot=self._snapshot, pids=self.worker_pids,
+            exit_causes=EXIT_CAUSES,
+        )  # fmt: skip
         self._capped: tuple[float | None, float] | None = None
         self._cap_connection_timeout()
 
@@ -243,7 +244,7 @@ class Prefork:
 
     def count_dropped_log_lines(self, count: int) -> None:
         """The supervisor's log sink dropped *count* lines (its ``on_drop``)."""
-        self.dropped["log_lines"] += count
+        self.metrics.count_dropped("log_lines", count)
 
     def ready_workers(self) -> int:
         return sum(1 for w in self._workers if w.state == "ready")
@@ -297,7 +298,7 @@ class Prefork:
 
     @property
     def families(self) -> Callable[[], Iterable[Any]]:
-        return self.registry.collect  # type: ignore[no-any-return]
+        return self.metrics.collect
 
     @property
     def worker_rows(self) -> Callable[[], list[dict[str, Any]]]:
@@ -308,22 +309,21 @@ class Prefork:
         self.close_in_workers.append(descriptors)
 
     def render_metrics(self, accept: str = "") -> tuple[bytes, str]:
-        from .telemetry.exposition import render
+        return self.metrics.render(accept)
 
-        return render(self.registry, accept)
-
-    def _registry(self) -> Any:
-        from prometheus_client import CollectorRegistry
-
-        from .telemetry.metrics import build_info
-        from .telemetry.process import ProcessCollector
-
-        registry = CollectorRegistry()
-        registry.register(_WorkerFiles(self.metrics_dir, self.prefix, self.dropped))
-        registry.register(_PoolCollector(self))
-        registry.register(ProcessCollector(self.worker_pids))
-        build_info(registry, self.prefix)
-        return registry
+    def _snapshot(self) -> PoolSnapshot:
+        """What the pool's own metric families show now."""
+        now = monotonic()
+        workers = [
+            (w.slot, w.state, now - self.slots.read(w.slot)["heartbeat"])
+            for w in list(self._workers)
+        ]
+        return PoolSnapshot(
+            label=str(self.server.server_label), transport=self.server.transport,
+            state=self.state, stats=self.pool_stats(), workers=workers,
+            starts=self.counts.starts, restarts=self.counts.restarts,
+            exits=dict(self.counts.exits),
+        )  # fmt: skip
 
     # -- the engine's unit ------------------------------------------------------------
 
@@ -540,17 +540,29 @@ class Prefork:
         slot = min(set(range(self.max_workers)) - used)
         read_fd, write_fd = os.pipe()
         self.slots.reset(slot, 0)
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 70
-            try:
-                os.close(read_fd)
-                code = WorkerProcess(
-                    self.worker_spec(), slot, self.generation, write_fd, self._own_fds()
-                ).run()
-            finally:
-                _drain_logs(1.0)  # os._exit skips the exit-time write of pending log lines
-                os._exit(code)
+        # Until the worker has its own handlers a signal sent to it would run ours there
+        # (and be lost: a pool stopping at that instant would wait for that worker until it
+        # is killed); blocked, it waits for them.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 70
+                try:
+                    os.close(read_fd)
+                    code = WorkerProcess(
+                        self.worker_spec(),
+                        slot,
+                        self.generation,
+                        write_fd,
+                        self._own_fds(),
+                        signal_mask=mask,
+                    ).run()
+                finally:
+                    _drain_logs(1.0)  # os._exit skips the exit-time write of pending log lines
+                    os._exit(code)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         worker = _Worker(slot, pid, self.generation, read_fd, now)
@@ -659,9 +671,7 @@ class Prefork:
             self._exited(w, status, now)
 
     def _exited(self, w: _Worker, status: int, now: float) -> None:
-        from prometheus_client.multiprocess import mark_process_dead
-
-        mark_process_dead(f"w{w.slot}", self.metrics_dir)  # type: ignore[no-untyped-call]
+        self.metrics.worker_exited(w.slot)
         code = os.waitstatus_to_exitcode(status)
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
         if w.aborted:
@@ -854,101 +864,3 @@ def _pid_alive(rest: str) -> bool:
     except PermissionError:
         pass  # alive, someone else's
     return True
-
-
-class _WorkerFiles:
-    """prometheus-client's multiprocess collector over the workers' files, minus files being born.
-
-    A booting worker creates its file empty and then sizes it; prometheus-client
-    fails the whole scrape on a file read in between (``unpack_from requires a
-    buffer of at least 4 bytes``).  Such a file holds no value yet: skip it.
-    """
-
-    def __init__(self, path: str, prefix: str, supervisor_dropped: dict[str, int]) -> None:
-        self.path = path
-        self.dropped_name = prefix + "telemetry_dropped"
-        self.supervisor_dropped = supervisor_dropped
-
-    def describe(self) -> Iterable[Any]:
-        return []
-
-    def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import CounterMetricFamily
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        files = []
-        for name in glob.glob(os.path.join(self.path, "*.db")):
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(name).st_size >= 8:  # the used-bytes header is there
-                    files.append(name)
-        merged: list[Any] = list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
-        # The supervisor's own dropped log lines join the workers' in the same family.
-        own = dict(self.supervisor_dropped)
-        for family in merged:
-            if family.name != self.dropped_name:
-                continue
-            for i, sample in enumerate(family.samples):
-                what = sample.labels.get("what")
-                if sample.name.endswith("_total") and what in own:
-                    family.samples[i] = sample._replace(value=sample.value + own.pop(what))
-        if own:  # no worker has written the family yet
-            family = CounterMetricFamily(
-                self.dropped_name, "Log lines and spans dropped rather than block serving.",
-                labels=["what"],
-            )  # fmt: skip
-            for what, count in own.items():
-                family.add_metric([what], count)
-            merged.append(family)
-        return merged
-
-
-class _PoolCollector:
-    """The supervisor's own families, and the core's gauges summed over the slot table."""
-
-    def __init__(self, pool: Prefork) -> None:
-        self.pool = pool
-
-    def describe(self) -> Iterable[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        from .telemetry.metrics import STATES, state_families
-
-        pool, p = self.pool, self.pool.prefix
-        labels = [str(pool.server.server_label), pool.server.transport]
-        names = ["server", "transport"]
-        yield from state_families(p, {(labels[0], labels[1]): pool.pool_stats()})
-        state = GaugeMetricFamily(
-            p + "lifecycle_state", "1 for the server's current lifecycle state.",
-            labels=[*names, "state"],
-        )  # fmt: skip
-        for name in STATES:
-            state.add_metric([*labels, name], 1 if pool.state == name else 0)
-        yield state
-
-        processes = GaugeMetricFamily(
-            p + "worker_processes", "Live pre-fork worker processes, by state.", labels=["state"]
-        )
-        for name in ("booting", "ready", "retiring", "stopping"):
-            processes.add_metric([name], sum(1 for w in pool._workers if w.state == name))
-        beat = GaugeMetricFamily(
-            p + "worker_heartbeat_age_seconds", "Seconds since each worker slot's last heartbeat.",
-            labels=["worker"],
-        )  # fmt: skip
-        now = monotonic()
-        for w in list(pool._workers):
-            beat.add_metric([str(w.slot)], max(0.0, now - pool.slots.read(w.slot)["heartbeat"]))
-        starts = CounterMetricFamily(p + "worker_starts", "Worker processes started.")
-        starts.add_metric([], pool.counts.starts)
-        restarts = CounterMetricFamily(
-            p + "worker_restarts", "Workers started to replace one that crashed, hung or failed."
-        )
-        restarts.add_metric([], pool.counts.restarts)
-        exits = CounterMetricFamily(
-            p + "worker_exits", "Worker processes that exited, by cause.", labels=["cause"]
-        )
-        for cause in EXIT_CAUSES:
-            exits.add_metric([cause], pool.counts.exits.get(cause, 0))
-        yield from (processes, beat, starts, restarts, exits)
