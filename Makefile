@@ -78,8 +78,10 @@ compat: deps
 	for line in "$$@"; do echo "compat:   $$line"; done; \
 	exit $$failed
 
+# The runtime's ThreadingTCPServer with its parts on and off, against the standard library's.
+BENCH_SERVERS = stdlib-threading,runtime-threading,runtime-threading-notel,runtime-threading-nolog,runtime-threading-watchdog
 bench: $(STAMP) deps
-	$(PY) bench/compare_stdlib.py
+	$(PY) bench/suite.py --scenarios connect --clients 8,64 --servers $(BENCH_SERVERS)
 
 # Issue 4's suite: stdlib, gunicorn and the runtime, TCP and HTTP, 8/64/512 clients (~20 min).
 bench-suite: $(STAMP) deps

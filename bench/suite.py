@@ -94,6 +94,8 @@ class ServerSpec:
     name: str
     script: str  # which file of bench/ starts it
     scenarios: tuple[str, ...]
+    #: In a run that names no --servers (the runtime's own variants run when named: make bench).
+    default: bool = True
 
 
 SPECS = (
@@ -114,6 +116,11 @@ SPECS = (
     ServerSpec("runtime-prefork-http-threads", "prefork_servers.py", ("http",)),
     ServerSpec("gunicorn-sync", "http_servers.py", ("http",)),
     ServerSpec("gunicorn-gthread", "http_servers.py", ("http",)),
+    # `make bench`: what the runtime's ThreadingTCPServer costs with its parts on and off.
+    ServerSpec("runtime-threading", "echo_servers.py", ("connect",), default=False),
+    ServerSpec("runtime-threading-notel", "echo_servers.py", ("connect",), default=False),
+    ServerSpec("runtime-threading-nolog", "echo_servers.py", ("connect",), default=False),
+    ServerSpec("runtime-threading-watchdog", "echo_servers.py", ("connect",), default=False),
 )
 BY_NAME = {spec.name: spec for spec in SPECS}
 SMOKE_CLIENTS = {"connect": [8, 64, 512], "keepalive": [64]}
@@ -429,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    add_run_arguments(parser, list(BY_NAME))
+    add_run_arguments(parser, [spec.name for spec in SPECS if spec.default])
     parser.add_argument("--clients", default=None, help="TCP client counts (default 8,64,512)")
     parser.add_argument("--http-connections", type=int, default=64, help="wrk -c (default 64)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ._record import RequestRecord
 
 if TYPE_CHECKING:
-    from .server import ServedServer
+    from ._served import ServedServer
 
 __all__ = ["install", "is_http", "stop_reading"]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._record import RequestRecord
 
 if TYPE_CHECKING:
-    from .server import ServedServer
+    from ._served import ServedServer
 
 __all__ = ["HANDLER_HOOKS", "early_end", "handler_plan", "logger_enabled", "timed_hook"]
 

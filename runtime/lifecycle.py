@@ -44,7 +44,7 @@ from .watchdog import Watchdog
 if TYPE_CHECKING:
     import structlog.typing
 
-    from .server import ServedServer
+    from ._served import ServedServer
 
 __all__ = [
     "InvalidTransition", "Lifecycle", "Runtime", "ServerUnit", "State", "Unit", "capture_signals",
@@ -203,7 +203,7 @@ class Unit(Protocol):
 
 class ServerUnit:
     """One instrumented server as the engine's unit: its serving loop, its drain
-    steps (the core's :class:`~runtime.server.ServedServer` interface) and the
+    steps (the core's :class:`~runtime._served.ServedServer` interface) and the
     watchdog of its requests."""
 
     signals: tuple[int, ...] = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS + DUMP_SIGNALS

@@ -30,7 +30,7 @@ from ._net import format_address
 from ._record import RequestRecord
 
 if TYPE_CHECKING:
-    from .server import ServedServer
+    from ._served import ServedServer
 
 __all__ = ["RequestTimeout", "Watchdog"]
 
