@@ -581,6 +581,10 @@ class InstrumentedMixIn:
     def _rt_dispatch(self, record: RequestRecord) -> None:
         """A waiting connection's request head arrived: on with the hook chain."""
         request = record.request
+        # The loop holds the record again while it hands it over, as _rt_process does: a
+        # child forked now must not inherit the last reference (it would finish the record,
+        # access line and all, and the parent again when it reaps it).
+        record.refs.append(_NOT_LAST)
         try:
             if self.connection_timeout is not None:
                 request.settimeout(self.connection_timeout)
@@ -593,6 +597,8 @@ class InstrumentedMixIn:
             record.fail("process_request", exc)
             self.shutdown_request(request)
             raise
+        finally:
+            self.release_record(record)
 
     def _rt_unpark(self, record: RequestRecord, outcome: str) -> None:
         """A waiting connection ends without a worker (deadline, peer gone, drain)."""

@@ -245,6 +245,7 @@ def test_sighup_reloads_the_handler_under_load_without_failing_a_request(
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
            "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
     rt = prefork(started, "reloadable:Handler", "--workers", "2", **env)
+    poll(lambda: ready_workers(rt) == 2, what="both workers up on v1")
     assert ask(rt.address) == b"v1\n"
     replies: list[bytes] = []
     failures: list[BaseException] = []
@@ -283,6 +284,9 @@ def test_a_reload_that_cannot_boot_keeps_the_running_workers(
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
            "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
     rt = prefork(started, "breakable:Handler", "--workers", "2", **env)
+    # Both on the old code first: a worker still booting would import the broken module and
+    # fail before the reload, and the reload's count of failures would start after it.
+    poll(lambda: ready_workers(rt) == 2, what="both workers up on v1")
     _write_module(tmp_path, "breakable", "v2", fail=True)
     rt.signal(signal.SIGHUP)
     poll(lambda: rt.metric("socketserver_worker_exits_total", cause="boot_failure") >= 5,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -208,3 +209,26 @@ def test_two_hundred_slow_clients_do_not_stop_the_defaults_serving(
     finally:
         rt.close()
     assert code == 0, err[-2000:]
+
+
+def test_a_forked_request_that_waited_for_its_head_is_finished_once(
+    telemetry: runtime.Telemetry, serve: Any, wait_for: Callable[..., None], tmp_path: Any
+) -> None:
+    # The loop let go of a waiting connection's record while it waited; the child forked once
+    # the head arrived inherited the last reference and finished the record too: two access
+    # lines (the CI's fork-mode access-line test failed so on a busy machine).
+    from runtime.telemetry.logging import make_logger
+
+    log = tmp_path / "log"
+    with open(log, "w") as stream:
+        cls = type("Server", (runtime.ForkingTCPServer,), {"header_timeout": 30.0})
+        server = serve(cls(("127.0.0.1", 0), Lines, telemetry=telemetry, server_name="s",
+                           logger=make_logger(fmt="json", stream=stream)))  # fmt: skip
+        with connect(server.server_address) as sock:
+            # Nothing sent yet: the connection waits for its head in the loop.
+            wait_for(lambda: server.in_flight_count() == 1, what="the connection taken")
+            sock.sendall(b"hello\n")
+            assert sock.makefile("rb").readline() == b"hello\n"
+        wait_for(lambda: server.in_flight_count() == 0, what="the request finished")
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    assert [x["outcome"] for x in lines if x["event"] == "request"] == ["ok"]
