@@ -35,6 +35,7 @@ from .config import (
     Settings,
     declared,
     environment_variables,
+    flag,
     help_text,
     named_as_given,
     parse_value,
@@ -124,7 +125,7 @@ def _parser(prog: str = "python -m runtime", name: str = PROG) -> argparse.Argum
                 options["choices"] = f.metadata["choices"]
             else:
                 options["metavar"] = f.metadata["metavar"]
-            add("--" + f.name.replace("_", "-"), **options)
+            add(flag(f.name), **options)
     return p
 
 
@@ -137,7 +138,7 @@ def _parse(
     """:func:`parse`, and which settings came from a variable (setting -> variable)."""
     args = _parser(prog, name).parse_args(argv)
     overrides = {
-        key: parse_value(key, value, "--" + key.replace("_", "-"))
+        key: parse_value(key, value, flag(key))
         if isinstance(value, str) else value
         for key, value in vars(args).items()
         if value is not None  # not given

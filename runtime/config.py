@@ -31,7 +31,7 @@ from .telemetry.logging import FORMATS, LEVELS
 
 __all__ = [
     "CONSUMERS", "GROUPS", "LIMITS", "MAX_SECONDS", "MAX_WORKERS", "Address", "ConfigError",
-    "Limit", "Settings", "declared", "default_text", "environment_variables", "help_text",
+    "Limit", "Settings", "declared", "default_text", "environment_variables", "flag", "help_text",
     "named_as_given", "parse_address", "parse_value", "readme_table", "setting", "settings_from",
 ]  # fmt: skip
 
@@ -209,10 +209,10 @@ def setting(
 
     The flag (``--kebab-case``), the ``RUNTIME_UPPER_SNAKE`` variable, the range
     check, the help line (*text*, then the range unless *text* places it with
-    ``{range}``, then the default: *shown*, or the default as a user writes it;
-    ) and the README's table all come from this
-    one declaration.  *takes*: the consumers (:data:`CONSUMERS`) that get it as
-    a keyword argument of the same name, or a mapping consumer -> keyword.
+    ``{range}``, then the default: *shown*, or the default as a user writes it)
+    and the README's table all come from this one declaration.  *takes*: the
+    consumers (:data:`CONSUMERS`) that get it as a keyword argument of the same
+    name, or a mapping consumer -> keyword.
     """
     if not isinstance(takes, Mapping):
         takes = {consumer: "" for consumer in takes}
@@ -392,15 +392,11 @@ class Settings:
         return found
 
     def __post_init__(self) -> None:
-        def choice(name: str, value: str, options: tuple[str, ...]) -> None:
-            if value not in options:
-                raise ConfigError(_flag(name), f"{value!r} is not one of {', '.join(options)}")
-
-        choice("mode", self.mode, MODES)
-        choice("overload", self.overload, OVERLOAD)
-        choice("log_level", self.log_level, LEVELS)
-        choice("log_format", self.log_format, FORMATS)
-        choice("traces", self.traces, TRACES)
+        for f in declared():  # the choices, as declared
+            options = f.metadata["choices"]
+            value = getattr(self, f.name)
+            if options and value not in options:
+                raise ConfigError(flag(f.name), f"{value!r} is not one of {', '.join(options)}")
         self._check_numbers()
         prefork = {
             "workers": self.workers is not None, "threads": self.threads != 0,
@@ -409,7 +405,7 @@ class Settings:
         }  # fmt: skip
         for name, given in prefork.items():
             if given and self.mode != "prefork":
-                raise ConfigError(_flag(name), "applies to --mode prefork only")
+                raise ConfigError(flag(name), "applies to --mode prefork only")
         if self.worker_tmp_dir is not None and not self.worker_tmp_dir.strip():
             raise ConfigError("--worker-tmp-dir", "is empty; give a writable folder, e.g. /dev/shm")
         if self.mode == "prefork" and self.max_children is not None:
@@ -458,9 +454,9 @@ class Settings:
             kinds = (int,) if whole else (int, float)
             if isinstance(value, bool) or not isinstance(value, kinds):
                 what = "a whole number" if whole else "a number of seconds"
-                raise ConfigError(_flag(name), f"must be {what}, got {value!r}")
+                raise ConfigError(flag(name), f"must be {what}, got {value!r}")
             if not limit.allows(value):
-                raise limit.error(_flag(name), value)
+                raise limit.error(flag(name), value)
 
     def _at_least_twice(self, name: str, why: str) -> None:
         """*name* (a time-out) must be at least twice ``poll_interval``."""
@@ -471,11 +467,11 @@ class Settings:
         if value == _FIELDS[name].default:
             raise ConfigError(
                 "--poll-interval",
-                f"must be at most half of {_flag(name)} ({_number(value)}; {why}), "
+                f"must be at most half of {flag(name)} ({_number(value)}; {why}), "
                 f"got {_number(self.poll_interval)}",
             )
         raise ConfigError(
-            _flag(name),
+            flag(name),
             f"must be at least twice --poll-interval ({_number(self.poll_interval)}; {why}), "
             f"got {_number(value)}",
         )
@@ -498,7 +494,8 @@ class Settings:
         return parse_address(self.admin, "--admin")
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """Setting *name*'s flag: ``max_children`` -> ``--max-children``."""
     return "--" + name.replace("_", "-")
 
 
@@ -565,7 +562,7 @@ def readme_table() -> str:
         what = m["help"].replace("{range}", limit.span() if limit else "").replace("|", "\\|")
         default = default_text(f.name)
         rows.append(
-            f"| `{_flag(f.name)}` | `RUNTIME_{f.name.upper()}` | {default} | {values} | {what} |"
+            f"| `{flag(f.name)}` | `RUNTIME_{f.name.upper()}` | {default} | {values} | {what} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -393,8 +393,7 @@ class Runtime:
     def tick(self) -> float | None:
         """Act on the signals; the seconds of serving left (None: not draining)."""
         self.lifecycle.heartbeat()
-        while self._signals:
-            self._act(self._signals.popleft())
+        self._act_on_signals()
         if self._drain_until is None:
             return None
         remaining = self._drain_until - monotonic()
@@ -405,6 +404,10 @@ class Runtime:
 
     def heartbeat(self) -> None:
         self.lifecycle.heartbeat()
+
+    def _act_on_signals(self) -> None:
+        while self._signals:
+            self._act(self._signals.popleft())
 
     def _act(self, signum: int) -> None:
         if signum not in STOP_SIGNALS:
@@ -510,7 +513,6 @@ class Runtime:
             if perf_counter() >= deadline:
                 return False
             was_immediate = self.immediate
-            while self._signals:
-                self._act(self._signals.popleft())
+            self._act_on_signals()
             if self.immediate and not was_immediate:  # stop now: no more waiting
                 deadline = perf_counter() + unit.drain_margin(True)
