@@ -114,6 +114,8 @@ def test_thread_mode_timeout_cuts_the_connection(stack_factory: Any) -> None:
     assert s.metric("socketserver_requests_total", outcome="error") == 0  # not a handler error
     assert s.metric("socketserver_requests_timed_out_total") == 1
     assert s.metric("socketserver_errors_total", hook="watchdog", error_type="RequestTimeout") == 1
+    # Logged by the watchdog after it cut the connection: the reply's end may come first.
+    poll(lambda: s.lines("request timed out"), what="the timed-out line")
     (line,) = s.lines("request timed out")
     assert line["action"] == "connection shut down" and line["timeout"] == 0.2
 
