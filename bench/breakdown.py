@@ -180,7 +180,7 @@ def micro() -> list[tuple[str, float]]:
             ("traced request's span, 8 hook events", lambda: traced_request(8)),
             ("  the same without events", lambda: traced_request(0)),
             ("access line through structlog", lambda: logger.info("request", **fields)),
-            ("access line, direct (runtime)", lambda: writer(dict(fields), None)),
+            ("access line, direct (runtime)", lambda: writer(dict(fields), None, "request")),
         ]
         results = []
         for name, op in ops:

@@ -13,6 +13,11 @@ SIGTERM or SIGINT.  Every server answers each GET with ``hello, world\\n``
 - ``runtime-http``: the same handler served by
   ``runtime.instrument(http.server.ThreadingHTTPServer)`` (thread mode, TCP_NODELAY
   by default), metrics, traces at 1 % (parent-based), access log off
+- ``runtime-http-metrics``: the same with metrics only (no tracer)
+- ``runtime-http-traced``: the same with every request traced (parent-based
+  always-on; the request's span and the connection's, batched to nowhere)
+- ``runtime-http-access``: ``runtime-http`` plus a JSON access line per HTTP
+  request, to a temporary file
 - ``gunicorn-sync``: gunicorn's sync worker class, 2 workers, serving a WSGI hello
   app; its access log is off by default.  Pinning the master (``--cpu``) puts
   both workers on the same core.  A sync worker answers ``Connection: close``
@@ -77,7 +82,9 @@ class StdlibHTTPNoDelay(StdlibHTTP):
         return request, client_address
 
 
-def _runtime_http() -> socketserver.TCPServer:
+def _runtime_http(
+    traced: bool = False, access: bool = False, untraced: bool = False
+) -> socketserver.TCPServer:
     import runtime_settings  # imports runtime, from this checkout
 
     import runtime
@@ -86,11 +93,13 @@ def _runtime_http() -> socketserver.TCPServer:
 
     class Server(base):  # type: ignore[misc]
         request_queue_size = REQUEST_QUEUE_SIZE
-        access_log = False
+        access_log = access
 
-    server: socketserver.TCPServer = Server(
-        ADDRESS, HelloHandler, telemetry=runtime_settings.lean()
-    )
+    telemetry = runtime_settings.everything_on() if traced else runtime_settings.lean()
+    if untraced:
+        telemetry = runtime.Telemetry()
+    extra = {"logger": runtime_settings.json_file_logger(None)} if access else {}
+    server: socketserver.TCPServer = Server(ADDRESS, HelloHandler, telemetry=telemetry, **extra)
     return server
 
 
@@ -98,6 +107,9 @@ SERVERS: dict[str, Callable[[], socketserver.TCPServer]] = {
     "stdlib-http": lambda: StdlibHTTP(ADDRESS, HelloHandler),
     "stdlib-http-nodelay": lambda: StdlibHTTPNoDelay(ADDRESS, HelloHandler),
     "runtime-http": _runtime_http,
+    "runtime-http-metrics": lambda: _runtime_http(untraced=True),
+    "runtime-http-traced": lambda: _runtime_http(traced=True),
+    "runtime-http-access": lambda: _runtime_http(access=True),
 }
 #: gunicorn's servers: the settings that differ from run_gunicorn's common ones.
 GUNICORN: dict[str, dict[str, Any]] = {

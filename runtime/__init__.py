@@ -14,6 +14,7 @@ from socketserver import (  # same objects as the standard library's
     StreamRequestHandler,
 )
 
+from ._operation import operation, set_attributes, set_route
 from ._record import bind
 from ._version import __version__
 from .app import serve
@@ -69,5 +70,8 @@ __all__ = [
     "__version__",
     "bind",
     "instrument",
+    "operation",
     "serve",
+    "set_attributes",
+    "set_route",
 ]

@@ -12,7 +12,15 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["HookTiming", "RequestRecord", "bind", "current_request"]
+__all__ = [
+    "HookTiming",
+    "Operation",
+    "OperationSummary",
+    "RequestRecord",
+    "bind",
+    "current_operation",
+    "current_request",
+]
 
 #: (hook name, start, end) in ``time.perf_counter()`` seconds.
 HookTiming = tuple[str, float, float]
@@ -31,9 +39,12 @@ class RequestRecord:
         "fields",
         "handler",
         "hooks",
+        "http",
         "idle_since",
         "io",
         "io_seen",
+        "operations",
+        "owner",
         "perf",
         "pid",
         "queued",
@@ -73,6 +84,9 @@ class RequestRecord:
         #: (keep-alive HTTP between requests); 0.0 while a request is in progress.
         self.idle_since = 0.0
         self.io_seen = 0  # bytes in + out when the liveness check last looked
+        self.operations = 0  # HTTP requests / marked operations finished on this connection
+        self.http = False  # an http.server handler serves it (its requests have access lines)
+        self.owner: Any = None  # the server running the handler (for runtime.operation)
 
     def fail(self, hook: str, exc: BaseException) -> None:
         """Remember the first (innermost) failure of this request."""
@@ -90,6 +104,92 @@ class RequestRecord:
             return self.ended
         return "error" if self.error_type else "ok"
 
+
+#: (kind, method, status, route, error_type, outcome, seconds, body_in, body_out, exemplar).
+OperationSummary = tuple[
+    str, str, int, str, str, str, float, "int | None", "int | None", "dict[str, str] | None"
+]
+
+
+class Operation:
+    """One unit of work inside a connection: an HTTP request, or an operation the
+    handler marks (``runtime.operation``): its own duration, span and access line.
+
+    ``kind`` is ``"http"`` for an HTTP request, else the operation's name.
+    Times are ``perf_counter()`` seconds; ``wall_ns`` pins ``start`` to the wall clock.
+    """
+
+    __slots__ = (
+        "attributes",
+        "body_in",
+        "body_out",
+        "bytes_out",
+        "context",
+        "ended",
+        "error",
+        "error_type",
+        "exemplar",
+        "headers",
+        "headers_out",
+        "kind",
+        "method",
+        "path",
+        "protocol",
+        "record",
+        "route",
+        "span",
+        "start",
+        "status",
+        "token",
+        "wall_ns",
+    )
+
+    def __init__(self, record: RequestRecord, kind: str, start: float, wall_ns: int) -> None:
+        self.record = record
+        self.kind = kind
+        self.start = start
+        self.wall_ns = wall_ns
+        self.method = ""  # HTTP: as sent (the metric label is normalised)
+        self.path = ""  # HTTP: without the query
+        self.protocol = ""  # HTTP: "1.1", "1.0"
+        self.headers: Any = None  # HTTP: the request's headers (http.client.HTTPMessage)
+        self.route = ""  # low cardinality: "/users/{id}", an XML-RPC method; "" unknown
+        self.status = 0  # HTTP status code sent (0: none)
+        self.body_in: int | None = None  # request body size (Content-Length), if known
+        self.body_out: int | None = None  # response body size, if known
+        self.bytes_out = 0  # bytes written for this request (status line, headers, body)
+        self.headers_out = -1  # bytes_out when the headers were sent (-1: not yet)
+        self.error: BaseException | None = None
+        self.error_type = ""  # the server's failure: an exception class, "500"...
+        self.ended = ""  # "client_closed" / "timed_out": not the server's fault
+        self.attributes: dict[str, Any] | None = None  # set by the application
+        self.span: Any = None  # owned by the telemetry implementation
+        self.token: Any = None  # the context attached while the operation runs
+        self.context: Any = None  # the span's context (with the caller's baggage)
+        self.exemplar: dict[str, str] | None = None
+
+    def summary(self, seconds: float) -> OperationSummary:
+        """What the metrics take of it (picklable: a forked child sends it to its parent)."""
+        return (
+            self.kind, self.method, self.status, self.route, self.error_type, self.outcome,
+            seconds, self.body_in, self.body_out, self.exemplar,
+        )  # fmt: skip
+
+    @property
+    def user_agent(self) -> str:
+        headers = self.headers
+        return (headers.get("User-Agent") or "") if headers is not None else ""
+
+    @property
+    def outcome(self) -> str:
+        """ok, error, client_closed or timed_out."""
+        if self.error_type:
+            return "error"
+        return self.ended or "ok"
+
+
+#: The operation (HTTP request) running in this context, if any.
+current_operation: ContextVar[Operation | None] = ContextVar("current_operation", default=None)
 
 #: The request whose handler runs in this context (thread, task or forked child).
 current_request: ContextVar[RequestRecord | None] = ContextVar("current_request", default=None)

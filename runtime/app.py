@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from . import servers
+from ._catalog import EXAMPLES
 from .admin import AdminServer
 from .config import Address, ConfigError, Settings, parse_address
-from .examples import EXAMPLES
 from .lifecycle import Runtime, ServerUnit, Unit
 from .prefork import Prefork, WorkerDirError
 from .status import StatusBoard

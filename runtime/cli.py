@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from ._catalog import EXAMPLES
 from ._version import __version__
 from .app import StartupError, build
 from .config import (
@@ -41,7 +42,6 @@ from .config import (
     parse_value,
     settings_from,
 )
-from .examples import EXAMPLES
 
 __all__ = ["PROG", "SCRIPT", "main", "parse"]
 

@@ -23,7 +23,7 @@ from time import monotonic, perf_counter
 from typing import Any
 
 from ._net import accept_queue_length
-from ._record import RequestRecord
+from ._record import Operation, RequestRecord
 from .telemetry.api import NULL, NullTelemetry, ServerTelemetry
 
 __all__ = ["ForkingMixIn", "ThreadingMixIn", "WorkerPool"]
@@ -418,9 +418,22 @@ class _ChildTelemetry(NullTelemetry):
 
     def __init__(self, parent: ServerTelemetry) -> None:
         self._parent = parent
+        #: What the metrics take of each finished operation (HTTP request): for the parent.
+        self.operations: list[Any] = []
 
     def activate(self, record: RequestRecord) -> object:
         return self._parent.activate(record)
+
+    # Operations: their spans are made (and captured) here, their metrics in the parent.
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
+        self._parent.operation_started(op, carrier, count=False)
+
+    def enter(self, op: Operation) -> object:
+        return self._parent.enter(op)
+
+    def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:
+        self._parent.operation_finished(op, end, count=False)
+        self.operations.append(op.summary(end - op.start))
 
     def deactivate(self, token: object) -> None:
         self._parent.deactivate(token)
@@ -550,8 +563,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 # the backlog) after the parent closes it during a drain.
                 self.socket.close()  # type: ignore[attr-defined]
             in_child = getattr(self, "forked_child", None)
+            child_tel = _ChildTelemetry(parent_tel)
             if in_child is not None:  # the loop's other connections are the parent's
-                in_child(_ChildTelemetry(parent_tel))
+                in_child(child_tel)
             before = len(record.hooks) if record is not None else 0
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
@@ -572,6 +586,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             record.fields,
                             record.io,
                             record.ended,
+                            (record.operations, record.http, child_tel.operations),
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
@@ -628,7 +643,10 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         end = None
         if child.buffer:
             report = pickle.loads(bytes(child.buffer))
-            hooks, error_hook, error_type, extra, end, fields, record.io, ended = report
+            hooks, error_hook, error_type, extra, end, fields, record.io, ended, ops = report
+            record.operations, record.http, summaries = ops
+            for summary in summaries:
+                tel.operation_observed(summary)
             if ended and not record.ended:
                 record.ended = ended
             if fields:

@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import _http
 from ._admission import AcceptBackoff, AwaitingRequests, request_head_end
 from ._net import accept_queue_length, format_address, request_bytes
-from ._record import RequestRecord, current_request
+from ._record import Operation, RequestRecord, current_request
 from ._request import HANDLER_HOOKS, early_end, handler_plan, logger_enabled, timed_hook
 from ._served import LoopController, ServedServer
 from .telemetry.api import NULL, ServerTelemetry
@@ -677,6 +677,7 @@ class InstrumentedMixIn:
             self._rt_records[id(request)] = record
             tel.request_started(record)
         record.thread = threading.get_ident()  # for the watchdog's stack
+        record.owner = self  # for runtime.operation()
         token = tel.activate(record)
         current = current_request.set(record)
         start = perf_counter()
@@ -810,14 +811,24 @@ class InstrumentedMixIn:
         for hook in HANDLER_HOOKS:
             attrs[hook] = functools.partial(timed_hook, self, record, hook, getattr(handler, hook))
         installed: tuple[str, ...] = ()
+        conn: _http.HttpConnection | None = None
         if record is not None:
             if _http.is_http(handler):
-                installed = _http.install(self, handler, record, request)
+                conn = _http.install(self, handler, record, request, self._rt_access)
+                installed = conn.names
+                record.http = True
             elif self._rt_closing_idle and hasattr(handler, "handle_drain"):
                 # Taken after the drain told the others: tell this one before it starts.
                 attrs["handle"] = functools.partial(_drain_first, handler, attrs["handle"])
         try:
             handler.__init__(*args, request, client_address, self, **keywords)
+        except BaseException as exc:
+            if conn is not None:  # a request in progress (wsgiref, a handler's own handle)
+                conn.finish(exc)
+            raise
+        else:
+            if conn is not None:
+                conn.finish()
         finally:
             for hook in (*HANDLER_HOOKS, *installed):  # no cycle handler -> partial -> method
                 attrs.pop(hook, None)
@@ -851,7 +862,8 @@ class InstrumentedMixIn:
         if record.error_type and record.ended != "client_closed":
             tel.error(record.error_hook, record.error_type)
         tel.request_finished(record, end)
-        if self._rt_access:
+        # An HTTP connection that carried requests said everything in their access lines.
+        if self._rt_access and not (record.http and record.operations):
             try:
                 self._rt_log_access(record, end)
             except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
@@ -860,15 +872,30 @@ class InstrumentedMixIn:
         # the handler, its locals (and a worker thread) wait for the cycle collector.
         record.error = None
         record.handler = None
+        record.owner = None
         with self._rt_idle:
             self._rt_records.pop(id(record.request), None)
             if not self._rt_records:
                 self._rt_idle.notify_all()
 
+    def operation_finished(self, op: Operation, end: float) -> None:
+        """An HTTP request (or a marked operation) ended: its access line."""
+        if not self._rt_access:
+            return
+        try:
+            fields = _operation_fields(self.server_label, op, end)
+            writer = self._rt_access_writer
+            if writer is not None:
+                writer(fields, op.span, "request" if op.kind == "http" else "operation")
+            else:  # its span is current: the logger's processors add its trace_id
+                self.logger.info("request" if op.kind == "http" else "operation", **fields)
+        except Exception as exc:  # noqa: BLE001 - a log that fails must not stop serving
+            self._rt_tel.error("access_log", type(exc).__name__)
+
     def _rt_log_access(self, record: RequestRecord, end: float) -> None:
         writer = self._rt_access_writer
         if writer is not None:  # our JSON logger: the same line, rendered directly
-            writer(self._rt_access_fields(record, end), record.span)
+            writer(self._rt_access_fields(record, end), record.span, "request")
             return
         token = self._rt_tel.activate(record) if record.span is not None else None
         try:
@@ -893,6 +920,8 @@ class InstrumentedMixIn:
         elif record.error_type:
             fields["error_type"] = record.error_type
             fields["hook"] = record.error_hook
+        if record.operations:
+            fields["operations"] = record.operations
         if record.fields:
             for key, value in record.fields.items():
                 fields.setdefault(key, value)
@@ -1135,6 +1164,38 @@ _plain_dgram: dict[type, bool] = {}
 
 if TYPE_CHECKING:  # the mix-in is the interface (mypy checks it here)
     _IMPLEMENTS: type[ServedServer] = InstrumentedMixIn
+
+
+def _operation_fields(label: str | None, op: Operation, end: float) -> dict[str, Any]:
+    """An HTTP request's (or an operation's) access line."""
+    record = op.record
+    fields: dict[str, Any] = {"server": label, "client": format_address(record.client_address)}
+    if op.kind == "http":
+        fields["method"] = op.method
+        fields["path"] = op.path
+        if op.route:
+            fields["route"] = op.route
+        fields["status"] = op.status or None
+        fields["bytes_out"] = op.bytes_out
+        fields["duration_s"] = round(end - op.start, 6)
+        agent = op.user_agent
+        if agent:
+            fields["user_agent"] = agent
+    else:
+        fields["operation"] = op.kind
+        fields["duration_s"] = round(end - op.start, 6)
+    outcome = op.outcome
+    if outcome != "ok" or op.kind != "http":
+        fields["outcome"] = outcome
+    if op.error_type:
+        fields["error_type"] = op.error_type
+    if op.attributes:
+        for key, value in op.attributes.items():
+            fields.setdefault(key, value)
+    if record.fields:
+        for key, value in record.fields.items():
+            fields.setdefault(key, value)
+    return fields
 
 
 def _plain_datagram_get_request(cls: type) -> bool:

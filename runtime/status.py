@@ -116,12 +116,14 @@ class StatusBoard:
                 "duration": list(m.request_duration.collect()),
                 "slow": list(m.slow.collect()),
                 "timed_out": list(m.timed_out.collect()),
+                "http": list(m.http_collect()),
             }
         assert self.families is not None
         p = self.prefix
         names = {
             p + "requests": "requests", p + "request_duration_seconds": "duration",
             p + "requests_slow": "slow", p + "requests_timed_out": "timed_out",
+            "http_server_request_duration_seconds": "http",
         }  # fmt: skip
         found: dict[str, list[Any]] = {role: [] for role in names.values()}
         for family in self.families():
@@ -188,6 +190,7 @@ class StatusBoard:
             history=[_interval(a, b, self._bounds) for a, b in itertools.pairwise(samples)],
             slowest=recent.slowest() if recent is not None else [],
             errors=_errors(recent.errors()) if recent is not None else [],
+            routes=_routes(families["http"]),
         )
         return doc
 
@@ -198,6 +201,38 @@ _OUTCOMES = ("ok", "error", "rejected", "client_closed", "timed_out")
 #: (rejected), nor as long as a client stayed or a limit allowed (client_closed, timed_out).
 _SERVED = frozenset({"ok", "error"})
 _WINDOW = 300.0  # seconds: the latency card's window without a RecentRequests (its default)
+
+
+#: Rows of the routes table (the busiest first).
+_ROUTES = 30
+
+
+def _routes(families: Iterable[Any]) -> list[dict[str, Any]]:
+    """HTTP requests by server, method, route and status, from the duration histogram
+    (so in every mode, pre-fork's summed workers included): count and mean."""
+    rows: dict[tuple[str, str, str, str], list[float]] = {}
+    for family in families:
+        for sample in family.samples:
+            kind = sample.name.rpartition("_")[2]
+            if kind not in ("count", "sum"):
+                continue
+            labels = sample.labels
+            key = (
+                labels.get("server", ""), labels.get("http_request_method", ""),
+                labels.get("http_route", ""), labels.get("http_response_status_code", ""),
+            )  # fmt: skip
+            row = rows.setdefault(key, [0.0, 0.0])
+            row[0 if kind == "count" else 1] += sample.value
+    ordered = sorted(rows.items(), key=lambda item: -item[1][0])
+    return [
+        {
+            "server": server, "method": method, "route": route,
+            "status": int(status) if status.isdigit() else 0, "count": int(count),
+            "mean_ms": round(total / count * 1000, 3) if count else 0.0,
+        }
+        for (server, method, route, status), (count, total) in ordered[:_ROUTES]
+        if count
+    ]  # fmt: skip
 
 
 def _errors(recent: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,22 +1,10 @@
-"""Bundled example services, runnable by name: ``python -m runtime echo``."""
+"""Bundled example services, runnable by name: ``python -m runtime echo``.
+
+They are user code: they use ``runtime``'s public API as an application would.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from .._catalog import EXAMPLES, Example
 
 __all__ = ["EXAMPLES", "Example"]
-
-
-class Example(NamedTuple):
-    handler: str  # module:Class
-    bind: str  # default address
-    server: str | None = None  # module:Class of the server, None: from the address
-
-
-EXAMPLES = {
-    "echo": Example("runtime.examples.echo:EchoHandler", "127.0.0.1:9000"),
-    "udp_echo": Example("runtime.examples.udp_echo:UDPEchoHandler", "udp://127.0.0.1:9000"),
-    "http_hello": Example(
-        "runtime.examples.http_hello:HelloHandler", "127.0.0.1:8000", "http.server:HTTPServer"
-    ),
-}

@@ -192,6 +192,21 @@ function render(doc) {
     tr.append(el("td", { class: "mono trace" }, r.trace_id || "not sampled"));
     slow.append(tr);
   }
+  // HTTP requests (and operations handlers mark) by route and status; the route is the
+  // low-cardinality one (runtime.set_route), "" when the handler named none.
+  const routes = doc.routes || [];
+  $("routes-section").hidden = !routes.length;
+  const routeBody = rows($("routes").tBodies[0], routes, 6, "");
+  for (const r of routes) {
+    const tr = el("tr");
+    tr.append(el("td", {}, r.server));
+    tr.append(el("td", { class: "mono" }, r.method));
+    tr.append(el("td", { class: "mono route" }, r.route || "(no route)"));
+    tr.append(el("td", { class: r.status >= 500 ? "num err status" : "num status" }, r.status ? String(r.status) : "none"));
+    tr.append(el("td", { class: "num" }, String(r.count)));
+    tr.append(el("td", { class: "num" }, ms(r.mean_ms)));
+    routeBody.append(tr);
+  }
   const errors = rows($("errors").tBodies[0], doc.errors, 7, doc.recent ? "no errors" : perWorker);
   for (const e of doc.errors) {
     const tr = el("tr", { "data-trace-id": e.trace_id });

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._record import RequestRecord
+from .._record import Operation, OperationSummary, RequestRecord
 from .api import NULL, NullTelemetry, ServerTelemetry
 
 if TYPE_CHECKING:
@@ -111,6 +111,30 @@ class _Bound:
         if tracing is not None:
             self.activate = tracing.activate  # type: ignore[method-assign]
             self.deactivate = tracing.deactivate  # type: ignore[method-assign]
+            self.enter = tracing.enter  # type: ignore[method-assign]
+
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
+        """*count* False: the span only (a forked child; its parent counts the summary)."""
+        if count:
+            self._metrics.operation_started(op)
+        if self._tracing is not None:
+            self._tracing.operation_started(op, carrier)
+
+    def enter(self, op: Operation) -> object:
+        return None
+
+    def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:
+        if self._tracing is not None:
+            self._tracing.operation_finished(op, end)
+        if count:
+            self._metrics.operation_ended(op, end - op.start)
+            if op.error_type:  # the status page's latest errors
+                self._recent.operation_error(self._label, op.summary(end - op.start))
+
+    def operation_observed(self, summary: OperationSummary) -> None:
+        self._metrics.observe_operation(summary)
+        if summary[4]:  # error_type: the status page's latest errors
+            self._recent.operation_error(self._label, summary)
 
     def request_started(self, record: RequestRecord) -> None:
         if self._tracing is not None:

@@ -10,14 +10,15 @@ The request record it reports about is the core's (``runtime/_record.py``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-from .._record import HookTiming, RequestRecord, bind, current_request
+from .._record import HookTiming, Operation, OperationSummary, RequestRecord, bind, current_request
 
 __all__ = [
     "NULL",
     "HookTiming",
     "NullTelemetry",
+    "Operation",
     "RequestRecord",
     "ServerTelemetry",
     "bind",
@@ -45,6 +46,23 @@ class ServerTelemetry(Protocol):
     def hook(self, name: str, seconds: float, record: RequestRecord | None = None) -> None: ...
 
     def request_finished(self, record: RequestRecord, end: float) -> None: ...
+
+    # Operations inside a connection: HTTP requests, operations handlers mark.
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
+        """*op* began: its span (parent from *carrier*'s headers, or the current context).
+
+        *count* False: the span only (a forked child: its parent counts the summary)."""
+        ...
+
+    def enter(self, op: Operation) -> object:
+        """Make the operation's span current; return a token for :meth:`deactivate`."""
+        ...
+
+    def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None: ...
+
+    def operation_observed(self, summary: OperationSummary) -> None:
+        """A forked child's finished operation (its ``operation_summary``), for the metrics."""
+        ...
 
     def rejected(self, reason: str) -> None: ...
 
@@ -93,6 +111,18 @@ class NullTelemetry:
         pass
 
     def request_finished(self, record: RequestRecord, end: float) -> None:
+        pass
+
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
+        pass
+
+    def enter(self, op: Operation) -> object:
+        return None
+
+    def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:
+        pass
+
+    def operation_observed(self, summary: OperationSummary) -> None:
         pass
 
     def rejected(self, reason: str) -> None:

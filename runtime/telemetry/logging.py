@@ -128,8 +128,8 @@ def log_sink(logger: Any) -> LogSink | None:
     return inner.stream if isinstance(inner, _LineLogger) else None
 
 
-#: Writes one access line: (fields in order, the request's span or None).
-AccessWriter = Callable[[dict[str, Any], Any], None]
+#: Writes one access line: (fields in order, the request's span or None, the event).
+AccessWriter = Callable[[dict[str, Any], Any, str], None]
 
 
 def access_writer(logger: Any) -> AccessWriter | None:
@@ -148,9 +148,9 @@ def access_writer(logger: Any) -> AccessWriter | None:
     encode = json.JSONEncoder(default=repr).encode
     write = inner.stream.write
 
-    def emit(fields: dict[str, Any], span: Any) -> None:
+    def emit(fields: dict[str, Any], span: Any, name: str = "request") -> None:
         event = {**context, **fields} if context else fields
-        event["event"] = "request"
+        event["event"] = name
         event["level"] = "info"
         event["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
         if span is not None:

@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .._record import RequestRecord
+from .._record import Operation, OperationSummary, RequestRecord
 from .._version import __version__
 from .histogram import FastHistogram
 
 __all__ = [
-    "DROPPED", "HOOKS", "LATENCY_BUCKETS", "OUTCOMES", "STATES", "Metrics", "ServerMetrics",
-    "state_families",
+    "DROPPED", "HOOKS", "HTTP_METHODS", "LATENCY_BUCKETS", "OUTCOMES", "STATES", "Metrics",
+    "ServerMetrics", "http_method", "state_families",
 ]  # fmt: skip
 
 HOOKS = (
@@ -56,6 +56,19 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 #: error_type values kept per server before further classes count as "other".
 MAX_ERROR_TYPES = 50
+#: The methods of RFC 9110 and RFC 5789 (PATCH): any other is "_OTHER" (OpenTelemetry's rule).
+HTTP_METHODS = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+)
+#: Body sizes: from nothing to 100 MB.
+SIZE_BUCKETS = (0, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
+#: Distinct routes (and operation names) kept per server before others count as "_OTHER":
+#: a route set from raw input by mistake costs a bounded number of series, not one per path.
+MAX_ROUTES = 200
+#: Label sets of the HTTP families a server caches by the values as given.
+_HTTP_CACHE = 2000
+_HTTP_LABELS = ("server", "http_request_method", "http_response_status_code", "http_route")
+_SIZE_LABELS = ("server", "http_request_method", "http_route")
 _LABELS = ("server", "transport")
 
 
@@ -119,6 +132,13 @@ class Metrics:
             "Datagrams longer than max_packet_size, cut to it before the handler saw them.",
             _LABELS, registry=reg,
         )  # fmt: skip
+        # HTTP requests and marked operations: registered at the first one, so a server
+        # that serves neither lists no empty families.
+        self._histogram, self._buckets = histogram, b
+        self._families_lock = threading.Lock()
+        self._http: tuple[Any, Any, Any, Any] | None = None
+        self._worker = worker
+        self._operations: Any = None
         # Process-wide, no server label: the log stream and span queue are the process's.
         self.dropped = Counter(
             p + "telemetry_dropped",
@@ -148,6 +168,58 @@ class Metrics:
     def bind(self, server: Any) -> ServerMetrics:
         return ServerMetrics(self, server, self._state_collector)
 
+    def http_families(self) -> tuple[Any, Any, Any, Any]:
+        """Duration, request and response body sizes, active requests (registered once)."""
+        if self._http is not None:
+            return self._http
+        with self._families_lock:
+            if self._http is None:
+                reg, histogram, b = self.registry, self._histogram, self._buckets
+                # Named after OpenTelemetry's stable HTTP metrics (no prefix).
+                duration = histogram(
+                    "http_server_request_duration_seconds",
+                    "Duration of HTTP server requests (one per request, keep-alive included).",
+                    (*_HTTP_LABELS, "error_type"), buckets=b, registry=reg,
+                )  # fmt: skip
+                request_size = histogram(
+                    "http_server_request_body_size_bytes", "Size of HTTP server request bodies.",
+                    _SIZE_LABELS, buckets=SIZE_BUCKETS, registry=reg,
+                )  # fmt: skip
+                response_size = histogram(
+                    "http_server_response_body_size_bytes",
+                    "Size of HTTP server response bodies.",
+                    _SIZE_LABELS, buckets=SIZE_BUCKETS, registry=reg,
+                )  # fmt: skip
+                active: Any
+                if self._worker:  # pre-fork: a gauge in the multiprocess files, summed live
+                    active = Gauge(
+                        "http_server_active_requests", "HTTP server requests in progress.",
+                        ("server", "http_request_method"), registry=reg,
+                        multiprocess_mode="livesum",
+                    )  # fmt: skip
+                else:  # per-thread counts, added up at scrape time: no lock per request
+                    active = ActiveRequests(reg)
+                self._http = (duration, request_size, response_size, active)
+        return self._http
+
+    def http_collect(self) -> Iterable[Any]:
+        """The HTTP duration histogram's families (none before the first HTTP request)."""
+        return self._http[0].collect() if self._http is not None else []
+
+    def operation_family(self) -> Any:
+        """``operation_duration_seconds``: operations handlers mark (registered once)."""
+        if self._operations is None:
+            with self._families_lock:
+                if self._operations is None:
+                    self._operations = self._histogram(
+                        self.prefix + "operation_duration_seconds",
+                        "Duration of operations handlers mark inside a connection, by name "
+                        "and outcome.",
+                        (*_LABELS, "operation", "outcome"), buckets=self._buckets,
+                        registry=self.registry,
+                    )  # fmt: skip
+        return self._operations
+
 
 def build_info(registry: CollectorRegistry, prefix: str) -> None:
     """Register ``build_info`` (always 1, the runtime's and Python's versions)."""
@@ -156,6 +228,11 @@ def build_info(registry: CollectorRegistry, prefix: str) -> None:
         registry=registry,
     )  # fmt: skip
     gauge.labels(__version__, platform.python_version()).set(1)
+
+
+def http_method(method: str) -> str:
+    """The method as a label: a standard one as is, anything else ``_OTHER``."""
+    return method if method in HTTP_METHODS else "_OTHER"
 
 
 class ServerMetrics:
@@ -175,6 +252,11 @@ class ServerMetrics:
         self.datagram_truncated = metrics.truncated.labels(*labels).inc
         self._errors: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._server = labels[0]
+        self._http: dict[tuple[str, int, str, str], tuple[Any, Any, Any]] = {}
+        self._active: dict[str, Any] = {}
+        self._routes: set[str] = set()
+        self._ops: dict[tuple[str, str], Any] = {}
         if metrics.lifecycle_state is not None:
             for state in STATES:
                 metrics.lifecycle_state.labels(*labels, state).set(0)
@@ -190,6 +272,96 @@ class ServerMetrics:
         outcome = record.outcome
         self._requests[outcome].inc()
         self._durations[outcome].observe(seconds, record.exemplar)
+
+    def _active_gauge(self, method: str) -> Any:
+        gauge = self._active.get(method)
+        if gauge is None:
+            family = self._m.http_families()[3]
+            gauge = self._active[method] = family.labels(self._server, method)
+        return gauge
+
+    def operation_started(self, op: Operation) -> None:
+        if op.kind == "http":
+            method = op.method if op.method in HTTP_METHODS else "_OTHER"
+            self._active_gauge(method).inc()
+
+    def operation_ended(self, op: Operation, seconds: float) -> None:
+        """*op* finished: out of the active gauge, into the histograms."""
+        if op.kind != "http":
+            self.observe_operation(op.summary(seconds))
+            return
+        method = op.method
+        self._active_gauge(method if method in HTTP_METHODS else "_OTHER").dec()
+        labels = (method, op.status, op.route, op.error_type)
+        children = self._http.get(labels)
+        if children is None:
+            children = self._http_children(*labels)
+            if len(self._http) < _HTTP_CACHE:
+                self._http[labels] = children
+        children[0].observe(seconds, op.exemplar)
+        if op.body_in is not None:
+            children[1].observe(op.body_in)
+        if op.body_out is not None:
+            children[2].observe(op.body_out)
+
+    def _bounded(self, value: str) -> str:
+        """*value* (a route, an operation name) while fewer than MAX_ROUTES were seen."""
+        if value in self._routes or not value:
+            return value
+        with self._lock:
+            if len(self._routes) >= MAX_ROUTES:
+                return "_OTHER"
+            self._routes.add(value)
+        return value
+
+    def observe_operation(self, summary: OperationSummary) -> None:
+        kind, method, status, route, error_type, outcome, seconds, body_in, body_out, ex = summary
+        if kind != "http":
+            key = (self._bounded(kind), outcome)
+            child = self._ops.get(key)
+            if child is None:
+                family = self._m.operation_family()
+                child = self._ops[key] = family.labels(*self._labels, *key)
+            child.observe(seconds, ex)
+            return
+        # One lookup on the hot path: the children of this (method, status, route, error),
+        # cached under the values as given while the cache is small (a client can send
+        # any method: past the cap, the labels are worked out every time).
+        labels = (method, status, route, error_type)
+        children = self._http.get(labels)
+        if children is None:
+            children = self._http_children(method, status, route, error_type)
+            if len(self._http) < _HTTP_CACHE:
+                self._http[labels] = children
+        duration, request_size, response_size = children
+        duration.observe(seconds, ex)
+        if body_in is not None:
+            request_size.observe(body_in)
+        if body_out is not None:
+            response_size.observe(body_out)
+
+    def _http_children(
+        self, method: str, status: int, route: str, error_type: str
+    ) -> tuple[Any, Any, Any]:
+        method = http_method(method)
+        route = self._bounded(route)
+        code = str(status) if 100 <= status <= 599 else ""
+        if error_type and not error_type.isdigit():
+            error_type = self._error_label(error_type)
+        families = self._m.http_families()
+        return (
+            families[0].labels(self._server, method, code, route, error_type),
+            families[1].labels(self._server, method, route),
+            families[2].labels(self._server, method, route),
+        )
+
+    def _error_label(self, error_type: str) -> str:
+        """An exception class name as a label, bounded like errors_total's."""
+        with self._lock:
+            known = {e for _, e in self._errors}
+            if error_type in known or len(known) < MAX_ERROR_TYPES:
+                return error_type
+        return "other"
 
     def rejected(self, reason: str) -> None:
         child = self._rejected.get(reason)
@@ -221,6 +393,79 @@ class ServerMetrics:
             return
         for name in STATES:
             gauge.labels(*self._labels, name).set(1 if name == state else 0)
+
+
+class _Count:
+    """One label set of :class:`ActiveRequests`: per-thread counts (only their thread
+    writes them), summed on read; the counts of threads that ended are folded in."""
+
+    __slots__ = ("_local", "_lock", "_retired", "_shards")
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._shards: list[tuple[threading.Thread, list[int]]] = []
+        self._retired = 0
+
+    def inc(self) -> None:
+        try:
+            self._local.shard[0] += 1
+        except AttributeError:
+            self._new_shard()[0] += 1
+
+    def dec(self) -> None:
+        try:
+            self._local.shard[0] -= 1
+        except AttributeError:
+            self._new_shard()[0] -= 1
+
+    def _new_shard(self) -> list[int]:
+        shard = [0]
+        self._local.shard = shard
+        with self._lock:
+            self._shards.append((threading.current_thread(), shard))
+        return shard
+
+    def value(self) -> int:
+        with self._lock:
+            live = []
+            for thread, shard in self._shards:
+                if thread.is_alive():
+                    live.append((thread, shard))
+                else:
+                    self._retired += shard[0]
+            self._shards = live
+            return self._retired + sum(shard[0] for _, shard in live)
+
+
+class ActiveRequests(Collector):
+    """``http_server_active_requests``: a gauge the request path moves without a lock."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[str, str], _Count] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, server: str, method: str) -> _Count:
+        with self._lock:
+            return self._children.setdefault((server, method), _Count())
+
+    def describe(self) -> Iterable[Any]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "http_server_active_requests", "HTTP server requests in progress.",
+            labels=["server", "http_request_method"],
+        )  # fmt: skip
+
+    def collect(self) -> Iterable[Any]:
+        family = self._family()
+        with self._lock:
+            children = list(self._children.items())
+        for labels, count in children:
+            family.add_metric(list(labels), count.value())
+        return [family]
 
 
 class _StateCollector(Collector):

@@ -62,6 +62,24 @@ class RecentRequests:
             if len(current) >= self.keep:
                 self._floor = current[0][0]
 
+    def operation_error(self, server: str, summary: Any) -> None:
+        """An HTTP request (or a marked operation) that failed: among the latest errors."""
+        kind, method, status, route, error_type, outcome, seconds = summary[:7]
+        trace = summary[9] or {}
+        if kind == "http":
+            what = f"{method} {route or '(no route)'} -> {status or 'no response'}"
+        else:
+            what = f"operation {kind}"
+        self._errors.append(
+            {
+                "server": server, "started": time.time() - seconds,
+                "duration_ms": round(seconds * 1000, 3), "outcome": outcome,
+                "error_type": error_type, "hook": "http" if kind == "http" else "operation",
+                "message": what[:MAX_MESSAGE], "where": "", "client": "",
+                "trace_id": trace.get("trace_id", ""), "span_id": trace.get("span_id", ""),
+            }
+        )  # fmt: skip
+
     def rotate(self, now: float | None = None) -> None:
         """Start a new slice when the current one is old enough (the sampler calls this)."""
         now = time.monotonic() if now is None else now

@@ -14,12 +14,15 @@ import socket
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from .._record import RequestRecord
+from .._record import Operation, RequestRecord
 from .._version import __version__
 from ._forked import Capture, decode
+from .metrics import HTTP_METHODS as _HTTP_METHODS
+
+_CONNECTION_LINK = {"socketserver.unit": "connection"}
 
 __all__ = ["ServerTracing", "Tracing"]
 
@@ -69,6 +72,24 @@ def _address_attributes(prefix: str, address: Any) -> dict[str, Any]:
     return {}
 
 
+def _host_attributes(headers: Any) -> dict[str, Any]:
+    """``server.address``/``server.port`` from the request's Host header (OpenTelemetry's
+    choice: the name the client asked for, not the address the listener is bound to)."""
+    host = headers.get("Host") if headers is not None else None
+    if not host or not isinstance(host, str):
+        return {}
+    name, port = host, ""
+    if host.startswith("["):  # [::1]:8000
+        name, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    attributes: dict[str, Any] = {"server.address": name}
+    if port.isdigit():
+        attributes["server.port"] = int(port)
+    return attributes
+
+
 class ServerTracing:
     def __init__(self, tracing: Tracing, server: Any) -> None:
         self._provider: Any = tracing.provider
@@ -87,6 +108,8 @@ class ServerTracing:
         elif family == socket.AF_INET6:
             self._static["network.type"] = "ipv6"
         self._static.update(_address_attributes("network.local", server.server_address))
+        self._server_address = _address_attributes("server", server.server_address)
+        self._scheme = "https" if getattr(server, "ssl_context", None) is not None else "http"
 
     def request_started(self, record: RequestRecord) -> None:
         span = self._tracer.start_span(self.name, kind=SpanKind.SERVER, start_time=record.wall_ns)
@@ -100,6 +123,106 @@ class ServerTracing:
                     "span_id": format(ctx.span_id, "016x"),
                 }
         record.span = span
+
+    # -- operations: HTTP requests, marked operations ---------------------------
+
+    def operation_started(self, op: Operation, carrier: Any) -> None:
+        """A SERVER span for *op*: its parent is the caller's context taken from *carrier*
+        (the request headers) by the configured propagators, or, without a carrier, the
+        current context (the connection's span); a link to the connection's span.
+
+        The attributes are set once the span records (the sampler sees the name, kind,
+        parent and link, not them): an unsampled request pays no attribute work.
+        """
+        record = op.record
+        conn = record.span
+        links = None
+        if conn is not None and conn.is_recording():
+            links = [Link(conn.get_span_context(), _CONNECTION_LINK)]
+        # The caller's trace (and baggage) from the headers, or none; else the current span
+        # (from an empty context: some propagators start from the current one, whose span
+        # is the connection's.)
+        if carrier is not None:
+            parent = propagate.extract(carrier, context=otel_context.Context())
+        else:
+            parent = otel_context.get_current()
+        http = op.kind == "http"
+        name = (op.method if op.method in _HTTP_METHODS else "HTTP") if http else op.kind
+        span = self._tracer.start_span(
+            name, context=parent, kind=SpanKind.SERVER, links=links, start_time=op.wall_ns
+        )
+        op.span = span
+        op.context = trace.set_span_in_context(span, parent)
+        if not span.is_recording():
+            return
+        span.set_attributes(self._http_attributes(op, carrier) if http else self._static)
+        ctx = span.get_span_context()
+        if ctx.trace_flags.sampled:
+            op.exemplar = {
+                "trace_id": format(ctx.trace_id, "032x"),
+                "span_id": format(ctx.span_id, "016x"),
+            }
+
+    def _http_attributes(self, op: Operation, headers: Any) -> dict[str, Any]:
+        method = op.method if op.method in _HTTP_METHODS else "_OTHER"
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": op.path,
+            "url.scheme": self._scheme,
+        }
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = op.method
+        if op.protocol:
+            attributes["network.protocol.version"] = op.protocol
+        agent = op.user_agent
+        if agent:
+            attributes["user_agent.original"] = agent
+        attributes.update(_host_attributes(headers) or self._server_address)
+        client = op.record.client_address
+        if isinstance(client, tuple) and client:
+            attributes["client.address"] = str(client[0])
+            if len(client) > 1:
+                attributes["client.port"] = int(client[1])
+        return attributes
+
+    @staticmethod
+    def enter(op: Operation) -> object:
+        if op.context is None:
+            return None
+        return otel_context.attach(op.context)
+
+    def operation_finished(self, op: Operation, end: float) -> None:
+        span = op.span
+        if span is None:
+            return
+        op.context = None
+        end_ns = op.wall_ns + int((end - op.start) * 1e9)
+        if span.is_recording():
+            if op.kind == "http":
+                if op.route:
+                    method = op.method if op.method in _HTTP_METHODS else "HTTP"
+                    span.update_name(f"{method} {op.route}")
+                    span.set_attribute("http.route", op.route)
+                if op.status:
+                    span.set_attribute("http.response.status_code", op.status)
+                if op.body_in is not None:
+                    span.set_attribute("http.request.body.size", op.body_in)
+                if op.body_out is not None:
+                    span.set_attribute("http.response.body.size", op.body_out)
+            if op.attributes:
+                for key, value in op.attributes.items():
+                    if isinstance(value, (str, bool, int, float)):
+                        span.set_attribute(key, value)
+                    else:
+                        span.set_attribute(key, str(value))
+            if op.ended:
+                span.set_attribute("socketserver.outcome", op.ended)
+            if op.error_type:
+                span.set_attribute("error.type", op.error_type)
+                if op.error is not None:
+                    span.record_exception(op.error, timestamp=end_ns)
+                span.set_status(Status(StatusCode.ERROR, op.error_type))
+        span.end(end_ns)
 
     @staticmethod
     def activate(record: RequestRecord) -> object:

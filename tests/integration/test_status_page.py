@@ -8,6 +8,7 @@ a known number of requests.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
@@ -366,6 +367,43 @@ def test_prefork_page_shows_the_pool_its_workers_and_their_summed_totals(browser
         assert page["workers_shown"] is True
         assert "pre-fork" in page["slowest_text"]
         assert page["values"]["workers-max"] == "2"
+        assert _console_problems(browser) == []
+    finally:
+        rt.close()
+
+
+_ROUTES = """
+return [...document.querySelectorAll("#routes tbody tr")].map(
+  tr => [...tr.cells].slice(0, 5).map(td => td.textContent));
+"""
+
+
+def test_page_shows_http_routes_and_status_codes(browser: Any) -> None:
+    """HTTP requests by route and status: the route the handler named, never the raw path."""
+    rt = RuntimeProcess("http_hello", "--log-format", "json", "--drain-delay", "0")
+    try:
+        conn = http.client.HTTPConnection(*rt.address, timeout=10)
+        for path, status in (("/", 200), ("/items/1", 200), ("/items/2", 200), ("/error", 500),
+                             ("/nope", 404)):  # fmt: skip
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == status
+        conn.close()
+        browser.get(rt.admin + "/?refresh=200")
+        expected = sorted([
+            ["http_hello", "GET", "/items/{id}", "200", "2"],
+            ["http_hello", "GET", "/", "200", "1"],
+            ["http_hello", "GET", "/error", "500", "1"],
+            ["http_hello", "GET", "(no route)", "404", "1"],
+        ])  # fmt: skip
+        shown: list[list[str]] = []
+
+        def routes_shown() -> bool:
+            shown[:] = sorted(browser.execute_script(_ROUTES))
+            return shown == expected
+
+        poll(routes_shown, timeout=20, what=f"the routes table to show {expected} ({shown})")
         assert _console_problems(browser) == []
     finally:
         rt.close()
