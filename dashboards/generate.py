@@ -357,6 +357,83 @@ def _red_row(layout: Layout) -> None:
     )  # fmt: skip
 
 
+#: The HTTP request histogram (OpenTelemetry's http.server.request.duration, no prefix): its
+#: _count is the HTTP request counter. A request failed on the server's side exactly when its
+#: error_type is set (a 5xx status code, or the exception class the handler raised); a 4xx
+#: is the client's error and counts as a success, as in OpenTelemetry's conventions.
+HTTP_DURATION = "http_server_request_duration_seconds"
+HTTP_FAILED = 'error_type!=""'
+#: Status classes drawn on the HTTP rate panel, and their colours.
+STATUS_CLASSES = {"2xx": "green", "4xx": "orange", "5xx": "red"}
+
+
+def _http_requests(extra: str = "") -> str:
+    matchers = f"{SEL}, {extra}" if extra else SEL
+    return f"sum(rate({HTTP_DURATION}_count{{{matchers}}}[{RATE}]))"
+
+
+def _http_row(layout: Layout) -> None:
+    failed = _http_requests(HTTP_FAILED) + " / " + _http_requests()
+
+    def body_bytes(family: str, direction: str) -> Json:
+        return target(f"sum by (http_route) (rate(http_server_{family}_body_size_bytes_sum"
+                      f"{{{SEL}}}[{RATE}]))", f"{direction} {{{{http_route}}}}")  # fmt: skip
+
+    layout.row(
+        "HTTP requests",
+        timeseries(
+            "HTTP requests by status class", "HTTP requests per second (each request of a "
+            "keep-alive connection counts; the Requests row counts connections) by the class "
+            "of the status code sent: 2xx, 4xx (the client's error: not a server error), 5xx. "
+            "Requests answered 1xx or 3xx, and those that got no response (the client left, "
+            "or the handler raised before sending one), are not drawn here; see 'HTTP errors "
+            "by type'. Empty for servers that do not speak HTTP.",
+            [target(_http_requests(f'http_response_status_code=~"{cls[0]}.."'), cls)
+             for cls in STATUS_CLASSES], "reqps", stack=True,
+            overrides=colours(STATUS_CLASSES)),
+        timeseries(
+            "HTTP error ratio", "Share of HTTP requests that failed on the server's side: a "
+            "5xx status code, or the handler raised (the label error_type is set). 4xx "
+            "answers are successes. Above 5% (dashed) for 5 min fires "
+            "SocketserverHttpErrorRatio.",
+            [target(failed, "5xx and raised")], "percentunit", max_value=1,
+            overrides=colours({"5xx and raised": "red"}),
+            thresholds=((None, "green"), (0.05, "red"))),
+        timeseries(
+            "HTTP errors by type", "Failed HTTP requests per second by error_type: the status "
+            "code (\"500\", \"503\"...) of a 5xx answer, or the class of the exception the "
+            "handler raised (the access line and the span's error.type carry it too, with "
+            "the route and the trace).",
+            [target(f"sum by (error_type) (rate({HTTP_DURATION}_count{{{SEL}, {HTTP_FAILED}}}"
+                    f"[{RATE}]))", "{{error_type}}")], "reqps", stack=True),
+        timeseries(
+            "HTTP latency p99 by route", "99th percentile of the HTTP request duration (from "
+            "the request line to the end of the response) by route: the low-cardinality "
+            "pattern the application set (\"/items/{id}\"), empty when unknown (404s, "
+            "handlers that name no route). The SLO of SocketserverHttpLatencySLOBurn: 99% of "
+            "the requests answered within 250 ms. Dots are exemplars: click one to open its "
+            "trace.",
+            quantiles(HTTP_DURATION, "http_route", "{{http_route}}", (0.99,)), "s",
+            size=(12, 8)),
+        timeseries(
+            "HTTP latency p50 by route", "Median HTTP request duration by route.",
+            quantiles(HTTP_DURATION, "http_route", "{{http_route}}", (0.5,)), "s",
+            size=(12, 8)),
+        timeseries(
+            "HTTP requests in flight", "HTTP requests started and not finished, by method "
+            "(methods outside RFC 9110 and PATCH count as _OTHER). A keep-alive connection "
+            "idle between requests is not in flight here, though it holds a worker.",
+            [target(f"sum by (http_request_method) (http_server_active_requests{{{SEL}}})",
+                    "{{http_request_method}}")], "short", size=(12, 8), stack=True),
+        timeseries(
+            "HTTP body bytes by route", "Bytes per second of request bodies (in; counted "
+            "from Content-Length, so only requests that send one) and of response bodies "
+            "(out), by route.",
+            [body_bytes("request", "in"), body_bytes("response", "out")], "Bps",
+            size=(12, 8)),
+    )  # fmt: skip
+
+
 def _faults_row(layout: Layout) -> None:
     early = (
         f'sum by (outcome) (rate(socketserver_requests_total{{{SEL}, outcome=~"client_closed|'
@@ -680,6 +757,7 @@ def overview() -> Json:
     """The socketserver-runtime overview dashboard."""
     layout = Layout()
     _red_row(layout)
+    _http_row(layout)
     _faults_row(layout)
     _hooks_row(layout)
     _pool_row(layout)
@@ -689,8 +767,8 @@ def overview() -> Json:
     return {
         "uid": "socketserver-runtime-overview",
         "title": "socketserver-runtime / Overview",
-        "description": "Requests, socketserver hooks, pool saturation, pre-fork workers, "
-        "lifecycle and process metrics of servers run by socketserver-runtime.",
+        "description": "Requests, HTTP requests, socketserver hooks, pool saturation, pre-fork "
+        "workers, lifecycle and process metrics of servers run by socketserver-runtime.",
         "tags": ["socketserver-runtime", "python"],
         "schemaVersion": 39,
         "version": 1,

@@ -157,9 +157,17 @@ def _content_length(headers: Any) -> int | None:
 
 
 def install(
-    server: ServedServer, handler: Any, record: RequestRecord, request: Any, access: bool
+    server: ServedServer,
+    handler: Any,
+    record: RequestRecord,
+    request: Any,
+    access: bool,
+    measure: bool = True,
 ) -> HttpConnection:
-    """Wrap *handler*'s request boundary methods (*access*: the runtime writes access lines)."""
+    """Wrap *handler*'s request boundary methods (*access*: the runtime writes access lines;
+    *measure*: each request is an operation, False when nothing would report it: a
+    drop-in without telemetry nor access lines keeps only the drain's wrappers)."""
+    measure = measure or access
     conn = HttpConnection(server, handler, record)
     attrs = handler.__dict__
     cls = type(handler)
@@ -193,6 +201,8 @@ def install(
 
     def parse() -> bool:
         record.idle_since = 0.0  # a request line arrived
+        if not measure:
+            return bool(parse_request())
         start, wall = perf_counter(), time_ns()
         ok = bool(parse_request())
         op = conn.op
@@ -252,19 +262,21 @@ def install(
     attrs["handle_one_request"] = handle_one_request
     attrs["parse_request"] = parse
     attrs["end_headers"] = headers_end
-    attrs["send_response_only"] = response_only
-    attrs["setup"] = timed_setup
-    names = ["handle_one_request", "parse_request", "end_headers", "send_response_only", "setup"]
-    # http.server's status reaches send_response_only; wsgiref's only log_request (from
-    # its ServerHandler); the runtime's access line replaces the standard log_request.
-    if replace_log or cls.send_response_only.__module__ != "http.server" or _wsgi(cls):
-        attrs["log_request"] = log_req
-        names.append("log_request")
+    names = ["handle_one_request", "parse_request", "end_headers"]
+    if measure:
+        attrs["send_response_only"] = response_only
+        attrs["setup"] = timed_setup
+        names += ["send_response_only", "setup"]
+        # http.server's status reaches send_response_only; wsgiref's only log_request (from
+        # its ServerHandler); the runtime's access line replaces the standard log_request.
+        if replace_log or cls.send_response_only.__module__ != "http.server" or _wsgi(cls):
+            attrs["log_request"] = log_req
+            names.append("log_request")
+        if hasattr(server, "_marshaled_dispatch"):  # xmlrpc.server: the method is the route
+            _xmlrpc_routes(server)
     if structured:
         attrs["log_message"] = log_message
         names.append("log_message")
-    if hasattr(server, "_marshaled_dispatch"):  # xmlrpc.server: the called method is the route
-        _xmlrpc_routes(server)
     conn.names = tuple(names)
     return conn
 

@@ -814,7 +814,9 @@ class InstrumentedMixIn:
         conn: _http.HttpConnection | None = None
         if record is not None:
             if _http.is_http(handler):
-                conn = _http.install(self, handler, record, request, self._rt_access)
+                conn = _http.install(
+                    self, handler, record, request, self._rt_access, self._rt_tel is not NULL
+                )
                 installed = conn.names
                 record.http = True
             elif self._rt_closing_idle and hasattr(handler, "handle_drain"):

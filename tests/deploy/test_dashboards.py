@@ -2,13 +2,15 @@
 
 No Prometheus here (tests/integration/test_prometheus_integration.py runs every query for real); the
 metric names come from the /metrics page of a real demo server in thread, fork and pre-fork
-mode.
+mode, and of the HTTP demo (http_hello) once it has served a request to each of its paths.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,16 +40,46 @@ pytestmark = pytest.mark.timeout(60)
 generate = load_module(DASHBOARDS / "generate.py")
 
 
+#: GET paths of the HTTP demo (http_hello) and the status each answers: a route, a
+#: route with a parameter, no route (404), a server error.
+HTTP_PATHS = {"/": 200, "/items/1": 200, "/nope": 404, "/error": 500}
+
+
+def http_get(address: tuple[str, int], path: str) -> int:
+    """One GET to the demo's serving port; the status code."""
+    url = f"http://{address[0]}:{address[1]}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            reply.read()
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        err.read()
+        return int(err.code)
+
+
+def http_traffic(server: RuntimeProcess) -> None:
+    """One GET to each of the HTTP demo's paths, and wait until they are counted."""
+    statuses = {path: http_get(server.address, path) for path in HTTP_PATHS}
+    assert statuses == HTTP_PATHS
+    # Counted once each request has ended (the client may read its response before that).
+    poll(lambda: server.metric("http_server_request_duration_seconds_count") >= len(HTTP_PATHS),
+         timeout=10, what="HTTP requests counted")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def pages() -> Iterator[list[str]]:
-    """The demo's /metrics in thread, fork and pre-fork mode (the supervisor's own families)."""
+    """The demo's /metrics in thread, fork and pre-fork mode (the supervisor's own families),
+    and the HTTP demo's after one request to each of its paths (the http_server_* samples)."""
     texts = []
-    for mode in ("thread", "fork", "prefork"):
+    runs = [("echo", "thread"), ("echo", "fork"), ("echo", "prefork"), ("http_hello", "thread")]
+    for handler, mode in runs:
         extra = ("--workers", "1") if mode == "prefork" else ()
-        server = RuntimeProcess("echo", "--mode", mode, *extra, "--drain-delay", "0")
+        server = RuntimeProcess(handler, "--mode", mode, *extra, "--drain-delay", "0")
         try:
             # Pre-fork: once a worker is ready, its heartbeat series exists too.
-            poll(server.ready, timeout=15, what=f"{mode} server ready")
+            poll(server.ready, timeout=15, what=f"{handler} {mode} server ready")
+            if handler == "http_hello":
+                http_traffic(server)
             status, _, text = server.get("/metrics")
             assert status == 200
             server.signal(signal.SIGTERM)  # the supervisor takes its workers down with it
@@ -183,7 +215,7 @@ def test_layout_has_unique_ids_and_no_overlap(name: str) -> None:
                 assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
                 cells[(x, y)] = panel["title"]
     rows = [p["title"] for p in items if p["type"] == "row"]
-    for wanted in ("Requests", "hooks", "Pool", "Pre-fork", "Lifecycle", "Process"):
+    for wanted in ("Requests", "HTTP", "hooks", "Pool", "Pre-fork", "Lifecycle", "Process"):
         assert any(wanted in row for row in rows), f"no row about {wanted}: {rows}"
 
 
@@ -192,6 +224,7 @@ def test_every_query_filters_by_server_and_instance(server_labelled: dict[str, b
     (process_*, build_info, the pre-fork supervisor's worker_* families): a server matcher
     there would select nothing once a server is chosen."""
     assert server_labelled["socketserver_requests_total"]
+    assert server_labelled["http_server_request_duration_seconds_count"]
     assert not server_labelled["socketserver_worker_restarts_total"]
     for query in all_queries():
         found = selectors(query.expr)
@@ -200,7 +233,7 @@ def test_every_query_filters_by_server_and_instance(server_labelled: dict[str, b
             assert 'instance=~"$instance"' in matchers, f"{metric} unfiltered in {query}"
             has_server = server_labelled.get(metric)
             if has_server is None:  # no sample seen (a labelled counter still at zero)
-                has_server = metric.startswith("socketserver_")
+                has_server = metric.startswith(("socketserver_", "http_server_"))
             if has_server:
                 assert 'server=~"$server"' in matchers, f"{metric} unfiltered in {query}"
             else:
@@ -262,7 +295,8 @@ def test_every_exposed_family_is_on_the_dashboard(exposed: tuple[set[str], set[s
     ours = {
         f
         for f in families
-        if f.startswith(("socketserver_", "process_")) and not f.endswith("_created")
+        if f.startswith(("socketserver_", "process_", "http_server_"))
+        and not f.endswith("_created")
     }
     missing = ours - shown
     assert not missing, f"exposed but on no panel: {sorted(missing)}"
@@ -300,6 +334,26 @@ def test_outcomes_are_real_and_apart_and_only_error_is_an_error() -> None:
         numerator, denominator = query.expr.split(" / ")
         assert _outcomes(numerator) == {"error"}, query
         assert not _outcomes(denominator) & {"client_closed", "timed_out"}, query
+
+
+def test_http_server_errors_are_error_type_set_and_4xx_are_not() -> None:
+    """A failed HTTP request is one with error_type set (a 5xx answer, or the handler
+    raised); 4xx answers are the clients' errors: in the ratio's denominator only."""
+    http = [q for q in all_queries() if "http_server_request_duration_seconds" in q.expr]
+    assert len(http) >= 5
+    for query in http:
+        for found in re.findall(r'error_type\s*(=~|!~|=|!=)\s*"([^"]*)"', query.expr):
+            assert found == ("!=", ""), query
+    (ratio,) = [q for q in http if q.panel == "HTTP error ratio"]
+    numerator, denominator = ratio.expr.split(" / ")
+    assert 'error_type!=""' in numerator, ratio
+    assert "error_type" not in denominator and "status_code" not in denominator, ratio
+    (by_class,) = [p for d in dashboards().values() for p in panels(d)
+                   if p["title"] == "HTTP requests by status class"]  # fmt: skip
+    classes = {t["legendFormat"]: t["expr"] for t in by_class["targets"]}
+    assert list(classes) == ["2xx", "4xx", "5xx"]
+    for name, expr in classes.items():
+        assert f'http_response_status_code=~"{name[0]}.."' in expr, expr
 
 
 @pytest.mark.parametrize(

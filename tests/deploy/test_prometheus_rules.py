@@ -95,7 +95,8 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         "SocketserverRequestsRejected", "SocketserverDrainingTooLong",
         "SocketserverWorkersRestarting", "SocketserverWorkerHung", "SocketserverNoReadyWorkers",
         "SocketserverRequestsEndedEarly", "SocketserverAcceptFailing",
-        "SocketserverTelemetryDropped",
+        "SocketserverTelemetryDropped", "SocketserverHttpErrorRatio",
+        "SocketserverHttpLatencySLOBurn",
     } <= names  # fmt: skip
     for rule in _alerts():
         name = rule["alert"]
@@ -120,9 +121,13 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
 
 
 def test_recording_rules_follow_the_naming_convention() -> None:
+    # level:metric:operations; the metric is a socketserver_* family, or an HTTP family
+    # (OpenTelemetry's names, no prefix).
     for rule in rules():
         if "record" in rule:
-            assert re.fullmatch(r"[a-z_]+:socketserver_[a-z_]+:[a-z0-9_]+", rule["record"])
+            assert re.fullmatch(
+                r"[a-z_]+:(?:socketserver|http_server)_[a-z_]+:[a-z0-9_]+", rule["record"]
+            ), rule["record"]
 
 
 def test_latency_slo_threshold_is_a_bucket_boundary() -> None:
@@ -178,3 +183,21 @@ def test_runbook_anchors_match_the_alert_names() -> None:
         anchor = re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
         assert rule["annotations"]["runbook_url"].endswith("#" + anchor)
     assert ROOT.joinpath("README.md").exists()
+
+
+def test_http_rules_count_server_errors_by_error_type_only() -> None:
+    """An HTTP request failed on the server's side exactly when error_type is set (a 5xx
+    answer, or the handler raised): a rule matching status codes to find errors would count
+    4xx (the clients' errors) or miss the requests that raised before any answer."""
+    http = [rule for rule in rules() if "http_server_" in rule["expr"]]
+    assert http
+    for rule in http:
+        name = rule.get("record") or rule.get("alert")
+        assert not re.search(r'http_response_status_code\s*=~?\s*"[45]', rule["expr"]), name
+        for found in re.findall(r'error_type\s*(=~|!~|=|!=)\s*"([^"]*)"', rule["expr"]):
+            assert found == ("!=", ""), f"{name}: error_type{found[0]}{found[1]!r}"
+    (ratio,) = [
+        r for r in http if r.get("record") == "job_server:http_server_requests_errors:ratio_rate5m"
+    ]
+    numerator, denominator = ratio["expr"].split("\n/\n")
+    assert 'error_type!=""' in numerator and "error_type" not in denominator

@@ -3,17 +3,20 @@
 Three demo servers named "echo" (three instances of one service): one in thread mode with
 a single worker and the reject policy (so requests get rejected) and a 6 s drain delay, one
 in fork mode (so the fork-only series exist), one in pre-fork mode with two sync workers
-(so the supervisor's socketserver_worker_* series exist). All trace (exemplars: thread and
-fork). A real Prometheus (scrape and rule evaluation every second, exemplar storage on)
-scrapes their admin ports and evaluates deploy/prometheus/rules.yml. One pre-fork worker
-is held by an open connection throughout (a sync worker does not beat meanwhile); the other
-is killed with SIGKILL three times once Prometheus has scraped (each replaced: restarts).
-Traffic: ok requests, handler errors, overload rejections, then SIGTERM to the thread
-server and its drain. Then EVERY dashboard query (template variables substituted as Grafana
-would) and EVERY recording rule must evaluate without error and return at least one finite
-sample; the template-variable queries must list every instance; exemplars must reach
-Prometheus; every rule must evaluate healthy; five alerts must go pending or fire on the
-real series (error ratio, drain, target down, worker restarts, hung worker).
+(so the supervisor's socketserver_worker_* series exist). A fourth, the HTTP demo
+"http_hello" (thread mode), has the per-HTTP-request http_server_* families. All trace
+(exemplars: thread and fork). A real Prometheus (scrape and rule evaluation every second,
+exemplar storage on) scrapes their admin ports and evaluates deploy/prometheus/rules.yml.
+One pre-fork worker is held by an open connection throughout (a sync worker does not beat
+meanwhile); the other is killed with SIGKILL three times once Prometheus has scraped (each
+replaced: restarts). Traffic: ok requests, handler errors, overload rejections, HTTP
+requests answered 200, 404 and 500, then SIGTERM to the thread server and its drain. Then
+EVERY dashboard query (template variables substituted as Grafana would, both servers
+selected) and EVERY recording rule must evaluate without error and return at least one
+finite sample; the template-variable queries must list every server and instance; exemplars
+must reach Prometheus; every rule must evaluate healthy; six alerts must go pending or fire
+on the real series (error ratio, HTTP error ratio, drain, target down, worker restarts, hung
+worker).
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ HUNG_AFTER = 10.0
 
 @dataclass
 class Server:
-    """``python -m runtime echo`` with stdout in a file (console traces go there)."""
+    """``python -m runtime HANDLER`` (echo, or http_hello) with stdout in a file (console
+    traces go there)."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -83,13 +87,13 @@ class Server:
     admin: str = ""  # host:port
 
     @classmethod
-    def start(cls, tmp: Path, name: str, *args: str) -> Server:
+    def start(cls, tmp: Path, name: str, *args: str, handler: str = "echo") -> Server:
         out, err = tmp / f"{name}.out", tmp / f"{name}.err"
         cmd = [
             sys.executable,
             "-m",
             "runtime",
-            "echo",
+            handler,
             "--bind",
             "127.0.0.1:0",
             "--admin",
@@ -109,7 +113,7 @@ class Server:
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited: {self.err.read_text()[-2000:]}")
         text = self.out.read_text(errors="replace")
-        bound = re.search(r"serving echo on tcp://([\d.]+):(\d+)", text)
+        bound = re.search(r"serving \S+ on tcp://([\d.]+):(\d+)", text)
         admin = re.search(r"admin http://([\d.]+:\d+)/", text)
         if not (bound and admin):
             return False
@@ -210,6 +214,24 @@ def start_prometheus(tmp: Path, config: Path) -> Prometheus:
 
 # -- traffic ---------------------------------------------------------------------------------
 
+#: GET paths of the HTTP demo and the status each answers: a route, a route with a parameter
+#: (route "/items/{id}"), no route (404: not a server error), a server error (500).
+HTTP_PATHS = {"/": 200, "/items/1": 200, "/nope": 404, "/error": 500}
+
+
+def http_get(address: tuple[str, int], path: str) -> int:
+    """One GET (its own connection); the status code, 0 when no answer came."""
+    url = f"http://{address[0]}:{address[1]}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            reply.read()
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        err.read()
+        return int(err.code)
+    except OSError:  # refused, reset, timed out: the statuses assertion shows it
+        return 0
+
 
 def request(address: tuple[str, int], line: bytes) -> bytes:
     """One connection, one line; b"" when the server closed it (rejected, or failed)."""
@@ -231,11 +253,14 @@ def request(address: tuple[str, int], line: bytes) -> bytes:
 
 @dataclass
 class Traffic:
-    """Ok requests and handler errors to each server, about 20 rounds a second."""
+    """Ok requests and handler errors to each echo server, and a GET of each HTTP_PATHS to
+    each HTTP server, about 20 rounds a second."""
 
     servers: list[Server]
+    http: list[Server] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     replies: dict[bytes, int] = field(default_factory=dict)
+    statuses: dict[str, dict[int, int]] = field(default_factory=dict)  # path -> status -> n
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -248,6 +273,11 @@ class Traffic:
                     except OSError:  # refused once the drain closed the listener
                         reply = b"<refused>"
                     self.replies[reply] = self.replies.get(reply, 0) + 1
+            for server in self.http:
+                for path in HTTP_PATHS:
+                    counts = self.statuses.setdefault(path, {})
+                    status = http_get(server.address, path)
+                    counts[status] = counts.get(status, 0) + 1
             self.stop.wait(0.05)  # pacing the load, not waiting for anything
 
 
@@ -307,7 +337,7 @@ def hold_worker(server: Server) -> socket.socket:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server, Server]]:
+def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server, Server, Server]]:
     started: list[Server] = []
     prometheus: Prometheus | None = None
     try:
@@ -335,9 +365,13 @@ def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server, Server]]
         prefork = Server.start(tmp_path, "prefork", "--mode", "prefork", "--workers", "2",
                                "--worker-timeout", "120", "--drain-delay", "0")  # fmt: skip
         started.append(prefork)
-        admins = [thread.admin, fork.admin, prefork.admin]
+        # The HTTP demo, server label "http_hello" (the handler's name, as "echo" above).
+        http = Server.start(tmp_path, "http", "--mode", "thread", "--drain-delay", "0",
+                            handler="http_hello")  # fmt: skip
+        started.append(http)
+        admins = [thread.admin, fork.admin, prefork.admin, http.admin]
         prometheus = start_prometheus(tmp_path, write_config(tmp_path, admins))
-        yield prometheus, thread, fork, prefork
+        yield prometheus, thread, fork, prefork, http
     finally:
         if prometheus is not None:
             prometheus.proc.kill()
@@ -374,10 +408,10 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 
 def test_every_dashboard_query_and_recording_rule_returns_data(
-    stack: tuple[Prometheus, Server, Server, Server],
+    stack: tuple[Prometheus, Server, Server, Server, Server],
 ) -> None:
-    prometheus, thread, fork, prefork = stack
-    admins = sorted([thread.admin, fork.admin, prefork.admin])
+    prometheus, thread, fork, prefork, http = stack
+    admins = sorted([thread.admin, fork.admin, prefork.admin, http.admin])
     instances = f"({'|'.join(admins)})"
     started = time.time()
     # A pre-fork worker held from now on (the supervisor reports its heartbeat's age).
@@ -395,8 +429,9 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
     # alert's increase() needs the counter's earlier value); not the held one.
     kill_workers(prefork, 3, holder)
 
-    # 3. Traffic: ok, errors (every server), overload rejections (thread server).
-    traffic = Traffic([thread, fork, prefork])
+    # 3. Traffic: ok, errors (every echo server), overload rejections (thread server), HTTP
+    # requests answered 200, 404 and 500 (the HTTP server).
+    traffic = Traffic([thread, fork, prefork], [http])
     driver = threading.Thread(target=traffic.run, name="traffic", daemon=True)
     driver.start()
     try:
@@ -407,6 +442,12 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
                  ' and sum by (instance) (socketserver_children_reaped_total) > 0', 15,
                  "handler errors and reaped children scraped")  # fmt: skip
         wait_alert(prometheus, "SocketserverHighErrorRatio", "pending|firing", 15, server="echo")
+        # A quarter of the HTTP requests answer 500 (and a quarter 404: not errors).
+        wait_for(prometheus, 'count(sum by (http_response_status_code) (http_server_request_'
+                 'duration_seconds_count{server="http_hello", http_response_status_code=~'
+                 '"200|404|500"}) > 0) == 3', 15, "HTTP 200s, 404s and 500s scraped")  # fmt: skip
+        wait_alert(prometheus, "SocketserverHttpErrorRatio", "pending|firing", 15,
+                   server="http_hello")  # fmt: skip
         # No `for`: three restarts within 15 minutes fire at once.
         wait_alert(prometheus, "SocketserverWorkersRestarting", "firing", 10,
                    instance=prefork.admin)  # fmt: skip
@@ -425,9 +466,12 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
         traffic.stop.set()
         driver.join(timeout=10)
     assert traffic.replies.get(b"hello\n", 0) > 10, traffic.replies
+    assert {path: set(counts) for path, counts in traffic.statuses.items()} == {
+        path: {status} for path, status in HTTP_PATHS.items()
+    }, traffic.statuses
 
     values = {
-        "server": "echo", "instance": instances, "datasource": "unused",
+        "server": "(echo|http_hello)", "instance": instances, "datasource": "unused",
         "__rate_interval": "5s", "__interval": "1s", "__range": "5m",
         "__range_s": "300", "__interval_ms": "1000",
     }  # fmt: skip
@@ -456,7 +500,13 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
             failures.append(f"{name}: {reply['data']['result']}")
     assert not failures, "recording rules without data:\n" + "\n".join(failures)
 
-    # 7. Template variables list the server and every instance.
+    # The HTTP error ratio counts the 500s (a quarter of the requests), not the 404s.
+    reply = prometheus.query('job_server:http_server_requests_errors:ratio_rate5m'
+                             '{server="http_hello"}', at)  # fmt: skip
+    (ratio,) = reply["data"]["result"]
+    assert 0.2 < float(ratio["value"][1]) < 0.3, ratio
+
+    # 7. Template variables list the servers and every instance.
     for dashboard in dashboards().values():
         for name, variable in variables(dashboard).items():
             if variable["type"] != "query":
@@ -468,18 +518,22 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
             )  # fmt: skip
             assert reply["status"] == "success", (name, reply)
             listed = set(reply["data"])
-            wanted = {"echo"} if label == "server" else set(admins)
+            wanted = {"echo", "http_hello"} if label == "server" else set(admins)
             assert wanted <= listed, f"variable {name} lists {listed}"
 
-    # 8. Exemplars (trace ids) of the request-duration panel reach Prometheus.
-    latency = next(q for q in queries if "socketserver_request_duration_seconds_bucket"
-                   in q.expr and q.target.get("exemplar"))  # fmt: skip
-    reply = prometheus.get("/api/v1/query_exemplars", query=substitute(latency.expr, values),
-                           start=f"{started:.3f}", end=f"{at:.3f}")  # fmt: skip
-    assert reply["status"] == "success", reply
-    exemplars = [e for series in reply["data"] for e in series["exemplars"]]
-    assert exemplars, f"no exemplars for {latency}"
-    assert all(re.fullmatch(r"[0-9a-f]{32}", e["labels"]["trace_id"]) for e in exemplars)
+    # 8. Exemplars (trace ids) of the request-duration panels reach Prometheus: per
+    # connection (socketserver_*) and per HTTP request.
+    histograms = ("socketserver_request_duration_seconds", "http_server_request_duration_seconds")
+    for histogram in histograms:
+        latency = next(q for q in queries if f"{histogram}_bucket" in q.expr
+                       and q.target.get("exemplar"))  # fmt: skip
+        reply = prometheus.get("/api/v1/query_exemplars",
+                               query=substitute(latency.expr, values),
+                               start=f"{started:.3f}", end=f"{at:.3f}")  # fmt: skip
+        assert reply["status"] == "success", reply
+        exemplars = [e for series in reply["data"] for e in series["exemplars"]]
+        assert exemplars, f"no exemplars for {latency}"
+        assert all(re.fullmatch(r"[0-9a-f]{32}", e["labels"]["trace_id"]) for e in exemplars)
 
     # 9. Every rule evaluates without error on the real series.
     def evaluated() -> bool:
