@@ -9,6 +9,7 @@ access line. A 5xx or a handler that raises is an error; a 4xx is not.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import http.server
 import io
@@ -586,3 +587,27 @@ def test_in_flight_requests_are_counted(
         client.join(10)
     assert result == [200]
     wait_for(lambda: metric("http_server_active_requests", http_request_method="PUT") == 0)
+
+
+def test_simple_http_request_handler_files_and_404s(
+    http_server: Callable[..., Any], registry: CollectorRegistry, log_stream: io.StringIO,
+    metric: Any, wait_for: Any, tmp_path: Any,
+) -> None:  # fmt: skip
+    """The standard library's file server, unchanged: its bytes and statuses, per request."""
+    (tmp_path / "hello.txt").write_bytes(b"x" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http_server(handler)
+    assert keepalive(server.server_address[1], [("GET", "/hello.txt", {}), ("GET", "/no", {})]) == [
+        200,
+        404,
+    ]
+    wait_for(lambda: count(registry) == 2)
+    assert count(registry, http_response_status_code="200", error_type="") == 1
+    assert count(registry, http_response_status_code="404", error_type="") == 1
+    bodies = dict(
+        (labels["http_route"], value)
+        for labels, value in series(registry, "http_server_response_body_size_bytes_sum")
+    )
+    assert bodies[""] >= 1000  # the file's bytes (and the 404 page's), measured as written
+    access = {a["path"]: a for a in lines(log_stream)}
+    assert access["/hello.txt"]["status"] == 200 and access["/hello.txt"]["bytes_out"] > 1000
