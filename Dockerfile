@@ -15,8 +15,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # Only what the wheel is built from (pyproject names README.md as the long description).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY runtime ./runtime
+# What the wheel ships besides the code (runtime/_ship.py): `python -m runtime export ...`
+COPY dashboards/socketserver-overview.json ./dashboards/
+COPY deploy/prometheus ./deploy/prometheus
+COPY deploy/kubernetes ./deploy/kubernetes
 # Every dependency is pure Python or ships a manylinux wheel (psutil, protobuf), so no compiler;
 # the final stage installs from /wheels alone, without reaching an index.
 RUN pip wheel --wheel-dir /wheels .

@@ -24,7 +24,7 @@ import traceback
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 from . import servers
 from ._catalog import EXAMPLES
@@ -327,8 +327,31 @@ def _tracer_provider(settings: Settings, default_service: str) -> Any:
         raise ConfigError(exc.setting, exc.message) from None
 
 
-def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
-    """Load, bind and wire everything; raise ConfigError/StartupError on failure."""
+class Plan(NamedTuple):
+    """What the settings resolve to before anything is bound (``--check-config``)."""
+
+    settings: Settings
+    handler_spec: str
+    handler: Any
+    handler_modules: list[str]
+    address: Address
+    cls: type
+
+    def describe(self) -> str:
+        s = self.settings
+        admin = s.admin_address
+        mode = s.mode + (f", {s.worker_count} workers" if s.mode == "prefork" else "")
+        return (
+            f"{self.handler_spec} on {self.address} ({self.cls.__name__}, {mode}); "
+            f"admin {admin if admin is not None else 'off'}"
+        )
+
+
+def check(settings: Settings) -> Plan:
+    """Resolve the handler (imported), the address and the server class; bind nothing.
+
+    Raises ConfigError naming the setting at fault.
+    """
     example = EXAMPLES.get(settings.handler)
     if example is None and ":" not in settings.handler:
         names = ", ".join(sorted(EXAMPLES))
@@ -345,6 +368,15 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     cls = _server_class(settings, address, example.server if example else None)
     if getattr(cls, "socket_type", None) != _BASE_CLASSES[address.transport].socket_type:
         raise ConfigError("--bind", f"{address} does not match the server class {cls.__name__}")
+    settings.admin_address  # noqa: B018 - parsed: a bad --admin is a ConfigError here too
+    return Plan(settings, handler_spec, handler, handler_modules, address, cls)
+
+
+def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
+    """Load, bind and wire everything; raise ConfigError/StartupError on failure."""
+    plan = check(settings)
+    handler_spec, handler, handler_modules = plan.handler_spec, plan.handler, plan.handler_modules
+    address, cls = plan.address, plan.cls
 
     logger = make_logger(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     route_stdlib_logging(level=settings.log_level, fmt=settings.log_format, stream=log_stream)

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from ._catalog import EXAMPLES
 from ._version import __version__
-from .app import StartupError, build
+from .app import StartupError, build, check
 from .config import (
     GROUPS,
     ConfigError,
@@ -105,6 +105,13 @@ def _parser(prog: str = "python -m runtime", name: str = PROG) -> argparse.Argum
         version=f"{SCRIPT} {__version__} (Python {platform.python_version()})",
         help="print the version and exit",
     )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="check the settings, the handler (imported) and the server class, print what "
+        "would be served, and exit 0, or 2 with the problem; binds no socket",
+    )
     a = p.add_argument_group("handler").add_argument
     a(
         "handler",
@@ -125,7 +132,8 @@ def _parser(prog: str = "python -m runtime", name: str = PROG) -> argparse.Argum
                 options["choices"] = f.metadata["choices"]
             else:
                 options["metavar"] = f.metadata["metavar"]
-            add(flag(f.name), **options)
+            short = f.metadata.get("short")
+            add(*((short,) if short else ()), flag(f.name), **options)
     return p
 
 
@@ -134,9 +142,11 @@ def _parse(
     environ: Mapping[str, str],
     prog: str = "python -m runtime",
     name: str = PROG,
-) -> tuple[Settings, dict[str, str]]:
-    """:func:`parse`, and which settings came from a variable (setting -> variable)."""
+) -> tuple[Settings, dict[str, str], bool]:
+    """:func:`parse`, which settings came from a variable (setting -> variable), and
+    whether ``--check-config`` was given."""
     args = _parser(prog, name).parse_args(argv)
+    checking = vars(args).pop("check_config", False)
     overrides = {
         key: parse_value(key, value, flag(key))
         if isinstance(value, str) else value
@@ -145,7 +155,8 @@ def _parse(
     }  # fmt: skip
     settings = settings_from(environ, overrides)
     variables = environment_variables(environ)
-    return settings, {key: var for key, var in variables.items() if key not in overrides}
+    given = {key: var for key, var in variables.items() if key not in overrides}
+    return settings, given, bool(checking)
 
 
 def parse(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
@@ -195,14 +206,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     ``--version`` print and raise SystemExit(0), as argparse does.
     """
     prog, name = _names()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["export"]:  # not a handler: neither module:Class nor an example
+        from .export import main as export
+
+        return export(words[1:], prog)
     if name == SCRIPT:
         _working_folder_importable()
     settings: Settings | None = None
     from_environment: dict[str, str] = {}
     try:
-        settings, from_environment = _parse(
+        settings, from_environment, checking = _parse(
             argv, os.environ if environ is None else environ, prog, name
         )
+        if checking:
+            print(f"{name}: configuration OK: {check(settings).describe()}", flush=True)
+            return 0
         app = build(settings)
     except (ConfigError, StartupError) as exc:
         # Named as the user gave it: RUNTIME_BIND, not --bind, when that set the address.

@@ -204,6 +204,7 @@ def setting(
     choices: tuple[str, ...] | None = None,
     shown: str | None = None,
     takes: tuple[str, ...] | Mapping[str, str] = (),
+    short: str | None = None,
 ) -> Any:
     """Declare a setting: its default, its ``--help`` group and *text*, its range.
 
@@ -212,7 +213,8 @@ def setting(
     ``{range}``, then the default: *shown*, or the default as a user writes it)
     and the README's table all come from this one declaration.  *takes*: the
     consumers (:data:`CONSUMERS`) that get it as a keyword argument of the same
-    name, or a mapping consumer -> keyword.
+    name, or a mapping consumer -> keyword.  *short*: a one-letter flag too (``-b``),
+    for the few options gunicorn's users type by hand.
     """
     if not isinstance(takes, Mapping):
         takes = {consumer: "" for consumer in takes}
@@ -222,7 +224,7 @@ def setting(
         default=default,
         metadata={
             "group": group, "help": text, "metavar": metavar, "limit": limit,
-            "choices": choices, "shown": shown, "takes": dict(takes),
+            "choices": choices, "shown": shown, "takes": dict(takes), "short": short,
         },
     )  # fmt: skip
 
@@ -236,7 +238,7 @@ class Settings:
     # -- server and its pool
     bind: str | None = setting(
         None, SERVER, "host:port, udp://host:port, unix:/path or unixgram:/path", metavar="ADDR",
-        shown="127.0.0.1:9000, or the example's",
+        shown="127.0.0.1:9000, or the example's", short="-b",
     )  # fmt: skip
     mode: str = setting(
         "thread", SERVER, "sync: one request at a time; thread: a bounded thread pool; "
@@ -275,7 +277,7 @@ class Settings:
     # -- pre-fork
     workers: int | None = setting(
         None, PREFORK, "worker processes", metavar="N", shown="the usable CPUs",
-        limit=Limit(1, MAX_WORKERS, why=_PROCESSES),
+        limit=Limit(1, MAX_WORKERS, why=_PROCESSES), short="-w",
     )  # fmt: skip
     threads: int = setting(
         0, PREFORK, "threads per worker", metavar="N", shown="0: none",
@@ -561,9 +563,8 @@ def readme_table() -> str:
             values = ""
         what = m["help"].replace("{range}", limit.span() if limit else "").replace("|", "\\|")
         default = default_text(f.name)
-        rows.append(
-            f"| `{flag(f.name)}` | `RUNTIME_{f.name.upper()}` | {default} | {values} | {what} |"
-        )
+        flags = f"`{m['short']}`, `{flag(f.name)}`" if m.get("short") else f"`{flag(f.name)}`"
+        rows.append(f"| {flags} | `RUNTIME_{f.name.upper()}` | {default} | {values} | {what} |")
     return "\n".join(rows) + "\n"
 
 

@@ -308,7 +308,7 @@ def test_help_groups_the_flags() -> None:
     assert {"--drain-delay", "--admin", "--liveness-timeout"} <= set(sections["drain and probes"])
     assert {"--request-timeout", "--header-timeout"} <= set(sections["time limits"])
     assert {"--log-level", "--traces"} <= set(sections["telemetry"])
-    assert sections["options"] == ["--help", "--version"]
+    assert sections["options"] == ["--help", "--version", "--check-config"]
 
 
 def test_help_usage_says_the_handler_is_optional_and_defaults_to_echo() -> None:
@@ -369,3 +369,35 @@ def test_the_console_script_imports_from_the_working_folder(tmp_path: Path) -> N
         "socketserver-runtime: error: HANDLER: cannot import module 'app_here_11': "
         "RuntimeError: found and run (app_here_11.py, line 1)\n"
     )
+
+
+def test_check_config_validates_without_binding(busy_port: int) -> None:
+    """--check-config: 0 and what would be served, or 2 and the one line; the port stays
+    free to whoever holds it (it is checked on a port in use: it binds nothing)."""
+    ok = _run("--check-config", "http_hello", "-b", f"127.0.0.1:{busy_port}", "--admin", "off")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == (
+        f"runtime: configuration OK: runtime.examples.http_hello:HelloHandler on "
+        f"127.0.0.1:{busy_port} (HTTPServer, thread); admin off"
+    )
+    assert ok.stderr == ""
+    pool = _run("--check-config", "--mode", "prefork", "-w", "3")
+    assert pool.returncode == 0 and "(TCPServer, prefork, 3 workers)" in pool.stdout, pool.stderr
+    for args, variables, named in (
+        (["--check-config", "nosuchmodule_xyz:Handler"], {}, "HANDLER"),
+        (["--check-config", "-w", "0", "--mode", "prefork"], {}, "-w"),
+        (["--check-config"], {"RUNTIME_MAX_CHILDREN": "0"}, "RUNTIME_MAX_CHILDREN"),
+        (["--check-config", "--admin", "nonsense:::"], {}, "--admin"),
+    ):
+        bad = _run(*args, extra_env=variables)
+        assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
+        assert bad.stdout == "" and len(bad.stderr.splitlines()) == 1, bad.stderr
+        assert f"error: {named}" in bad.stderr or "error: --workers" in bad.stderr, bad.stderr
+
+
+def test_short_flags_are_the_long_ones() -> None:
+    from runtime.cli import parse
+
+    short = parse(["-b", "127.0.0.1:7000", "-w", "3", "--mode", "prefork"], {})
+    assert (short.bind, short.workers) == ("127.0.0.1:7000", 3)
+    assert short == parse(["--bind", "127.0.0.1:7000", "--workers", "3", "--mode", "prefork"], {})
