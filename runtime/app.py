@@ -262,7 +262,8 @@ class App:
         if self.admin is not None:
             self.admin.close()
         self.server.server_close()
-        if self.address.transport in ("unix", "unixgram"):
+        # A socket file the runtime made is removed; an inherited one is its owner's.
+        if self.address.transport in ("unix", "unixgram") and self.address.fd is None:
             try:
                 os.unlink(self.address.address)
             except OSError:
@@ -279,11 +280,12 @@ class App:
 
 
 def _url(server: Any, address: Address) -> str:
+    inherited = f" (inherited, fd://{address.fd})" if address.fd is not None else ""
     if address.transport in ("unix", "unixgram"):
-        return str(address)
+        return f"{address.transport}:{address.address}{inherited}"
     host, port = server.server_address[:2]
     host = f"[{host}]" if ":" in str(host) else host
-    return f"{address.transport}://{host}:{port}"
+    return f"{address.transport}://{host}:{port}{inherited}"
 
 
 def _server_class(settings: Settings, address: Address, default_server: str | None) -> type:
@@ -391,16 +393,19 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     if provider is not None:  # and the spans a hung collector made us drop
         provider.on_drop = lambda n: telemetry.dropped("spans", n)
     admin_address = settings.admin_address
+    inherited = address.fd is not None
     try:
         server = cls(
             address.address,
             handler,
-            bind_and_activate=not settings.reuse_port,
+            bind_and_activate=not (settings.reuse_port or inherited),
             telemetry=None if prefork else telemetry,
             logger=logger,
             server_name=label,
         )
-        if settings.reuse_port:  # reserve the port; each worker listens on its own socket
+        if inherited:
+            _serve_inherited(server, address)
+        elif settings.reuse_port:  # reserve the port; each worker listens on its own socket
             server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             server.server_bind()
     except OSError as exc:
@@ -433,6 +438,31 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             server.server_close()
             raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
     return App(settings, server, telemetry, runtime, admin, address, logger, provider)
+
+
+class _InheritedSocket(socket.socket):
+    """A socket passed in, bound and listening already: the server's bind is a no-op."""
+
+    def bind(self, address: Any) -> None:
+        pass
+
+
+def _serve_inherited(server: Any, address: Address) -> None:
+    """Serve the listening socket this process inherited (``fd://N``, systemd's LISTEN_FDS).
+
+    The server's own bind and activate still run (``http.server`` learns its name there),
+    on a socket whose bind does nothing; listen() again only sets the backlog.  The
+    LISTEN_* variables are then removed, as sd_listen_fds() does, so that no child
+    (a pre-fork worker, a handler's subprocess) takes them as its own.
+    """
+    assert address.fd is not None
+    server.socket.close()
+    server.socket = _InheritedSocket(fileno=address.fd)
+    server.server_address = server.socket.getsockname()
+    server.server_bind()
+    server.server_activate()
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
 
 
 def _prefork(

@@ -132,8 +132,12 @@ class Address:
     transport: str
     address: Any  # (host, port) or a filesystem path
     family: int
+    #: An inherited listening socket (``fd://N``, systemd's LISTEN_FDS): serve it, bind nothing.
+    fd: int | None = None
 
     def __str__(self) -> str:
+        if self.fd is not None:
+            return f"fd://{self.fd}"
         if self.transport in ("unix", "unixgram"):
             return f"{self.transport}:{self.address}"
         host, port = self.address[:2]
@@ -145,6 +149,8 @@ def parse_address(text: str, setting: str = "--bind") -> Address:
     """Parse ``host:port``, ``tcp://host:port``, ``udp://host:port``, ``unix:/path``,
     ``unixgram:/path``; IPv6 hosts in brackets (``[::1]:9000``)."""
     raw = text.strip()
+    if raw.startswith("fd://"):
+        return _inherited(text, raw[5:], setting)
     for prefix in ("unix:", "unixgram:"):
         if raw.startswith(prefix):
             path = raw[len(prefix) :]
@@ -180,6 +186,46 @@ def parse_address(text: str, setting: str = "--bind") -> Address:
     if not 0 <= port <= 65535:
         raise ConfigError(setting, f"{text!r}: port must be 0-65535")
     return Address(transport, (host, port), family)
+
+
+def _inherited(text: str, number: str, setting: str) -> Address:
+    """``fd://N``: the socket this process inherited as descriptor N (socket activation)."""
+    if not number.isdigit():
+        raise ConfigError(setting, f"{text!r}: the descriptor must be a number, e.g. fd://3")
+    fd = int(number)
+    try:  # look at it through a duplicate: closing that leaves N as it was
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError as exc:
+        raise ConfigError(setting, f"{text!r}: descriptor {fd} is not an open socket "
+                          f"({exc.strerror or exc})") from None  # fmt: skip
+    with probe:
+        kind = probe.type
+        family = probe.family
+        if kind == socket.SOCK_STREAM and not probe.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            raise ConfigError(setting, f"{text!r}: descriptor {fd} is not listening")
+        local = probe.getsockname()
+    if family == socket.AF_UNIX:
+        transport = "unix" if kind == socket.SOCK_STREAM else "unixgram"
+        path = local.decode() if isinstance(local, bytes) else local
+        return Address(transport, path, family, fd)
+    if family not in (socket.AF_INET, socket.AF_INET6) or kind not in (
+        socket.SOCK_STREAM, socket.SOCK_DGRAM,
+    ):  # fmt: skip
+        raise ConfigError(setting, f"{text!r}: descriptor {fd} is not a TCP, UDP or Unix socket")
+    return Address("tcp" if kind == socket.SOCK_STREAM else "udp", local, family, fd)
+
+
+def activated_bind(environ: Mapping[str, str], pid: int) -> str | None:
+    """``fd://3`` when systemd (or another supervisor) passed this process listening
+    sockets (``LISTEN_PID`` is *pid*, ``LISTEN_FDS`` at least 1); the first is served."""
+    if environ.get("LISTEN_PID", "").strip() != str(pid):
+        return None
+    count = environ.get("LISTEN_FDS", "").strip()
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError("LISTEN_FDS", f"{count!r}: expected the number of sockets passed, >= 1")
+    return "fd://3"  # SD_LISTEN_FDS_START
 
 
 #: The groups of ``--help`` (and of the README's table), in their order.
@@ -237,7 +283,8 @@ class Settings:
     handler: str = "echo"  # the positional HANDLER (see cli._usage)
     # -- server and its pool
     bind: str | None = setting(
-        None, SERVER, "host:port, udp://host:port, unix:/path or unixgram:/path", metavar="ADDR",
+        None, SERVER, "host:port, udp://host:port, unix:/path, unixgram:/path or fd://N (an "
+        "inherited listening socket; systemd's LISTEN_FDS when not given)", metavar="ADDR",
         shown="127.0.0.1:9000, or the example's", short="-b",
     )  # fmt: skip
     mode: str = setting(
@@ -431,6 +478,10 @@ class Settings:
             address = parse_address(self.bind)
             if self.reuse_port and address.transport not in ("tcp", "udp"):
                 raise ConfigError("--reuse-port", f"needs a tcp or udp address, not {self.bind!r}")
+            if self.reuse_port and address.fd is not None:
+                raise ConfigError(
+                    "--reuse-port", f"each worker binds its own socket: not with {self.bind!r}"
+                )
         if self.admin_address is not None and self.admin_address.transport != "tcp":
             raise ConfigError("--admin", f"{self.admin!r}: the admin port is HTTP, use host:port")
         if ":" not in self.handler and not self.handler.isidentifier():
@@ -667,6 +718,10 @@ def settings_from(
             raise ConfigError("OTEL_TRACES_EXPORTER", f"{otel!r} is not one of {', '.join(TRACES)}")
         values["traces"] = otel
     values.update(overrides)  # flags given explicitly, None included ("none")
+    if values.get("bind") is None:  # socket activation, unless told where to bind
+        activated = activated_bind(environ, os.getpid())
+        if activated is not None:
+            values["bind"] = activated
     try:
         return Settings(**values)
     except ConfigError as exc:
