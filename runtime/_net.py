@@ -67,7 +67,9 @@ def request_bytes(request: Any, family: int) -> tuple[int, int | None] | None:
 
 
 def format_address(address: Any) -> str:
-    """``host:port`` of a client address, or the path of a Unix socket peer."""
+    """``host:port`` of a client address (``[host]:port`` for IPv6), or the path of a Unix
+    socket peer."""
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address) if address else ""

@@ -19,6 +19,7 @@ no infinity, nothing a socket, a ``select()`` or the machine cannot take.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -321,6 +322,17 @@ class Settings:
     tcp_nodelay: bool = setting(
         True, SERVER, "set TCP_NODELAY on accepted connections", takes=("server",)
     )
+    proxy_protocol: bool = setting(
+        False, SERVER, "each connection starts with a PROXY protocol header (v1 or v2, as an "
+        "AWS NLB or HAProxy send-proxy sends): the client address it carries is the "
+        "connection's; a missing, malformed or late one (--header-timeout) closes it",
+        takes=("server",),
+    )  # fmt: skip
+    proxy_allow_from: str = setting(
+        "127.0.0.1", SERVER, "the balancers whose PROXY headers are believed: comma-separated "
+        "addresses or networks (10.0.0.0/8), or *; a header from any other peer closes the "
+        "connection", metavar="ADDRS", takes=("server",),
+    )  # fmt: skip
     # -- pre-fork
     workers: int | None = setting(
         None, PREFORK, "worker processes", metavar="N", shown="the usable CPUs",
@@ -482,6 +494,18 @@ class Settings:
                 raise ConfigError(
                     "--reuse-port", f"each worker binds its own socket: not with {self.bind!r}"
                 )
+        for entry in self.proxy_allow_from.split(","):
+            if entry.strip() != "*":
+                try:
+                    ipaddress.ip_network(entry.strip(), strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        "--proxy-allow-from", f"{entry.strip()!r} is not an address, a network "
+                        "(10.0.0.0/8) or *",
+                    ) from None  # fmt: skip
+        stream = self.bind is None or parse_address(self.bind).transport in ("tcp", "unix")
+        if self.proxy_protocol and not stream:
+            raise ConfigError("--proxy-protocol", f"needs a stream address, not {self.bind!r}")
         if self.admin_address is not None and self.admin_address.transport != "tcp":
             raise ConfigError("--admin", f"{self.admin!r}: the admin port is HTTP, use host:port")
         if ":" not in self.handler and not self.handler.isidentifier():

@@ -587,6 +587,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             record.io,
                             record.ended,
                             (record.operations, record.http, child_tel.operations),
+                            (record.rejected, record.client_address),  # a PROXY header's
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
@@ -643,7 +644,8 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         end = None
         if child.buffer:
             report = pickle.loads(bytes(child.buffer))
-            hooks, error_hook, error_type, extra, end, fields, record.io, ended, ops = report
+            hooks, error_hook, error_type, extra, end, fields, record.io, ended, ops, peer = report
+            record.rejected, record.client_address = peer
             record.operations, record.http, summaries = ops
             for summary in summaries:
                 tel.operation_observed(summary)

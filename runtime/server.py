@@ -63,6 +63,7 @@ asks the loop to stop and returns.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -72,13 +73,14 @@ import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import monotonic, perf_counter, time, time_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _http
 from ._admission import AcceptBackoff, AwaitingRequests, request_head_end
 from ._net import accept_queue_length, format_address, request_bytes
+from ._proxy import ProxyError, Trusted, read_header
 from ._record import Operation, RequestRecord, current_request
 from ._request import HANDLER_HOOKS, early_end, handler_plan, logger_enabled, timed_hook
 from ._served import LoopController, ServedServer
@@ -98,6 +100,8 @@ _ServerSelector: type[selectors.BaseSelector] = getattr(
 # each release once; whoever pops the last (0) finishes the record.  list.pop
 # is atomic, so no lock is needed for the hand-over between threads.
 _LAST, _NOT_LAST = 0, 1
+#: Seconds a PROXY header may take when there is no header_timeout.
+_PROXY_TIMEOUT = 10.0
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
 #: The pool gauges of a status row (``runtime_stats()`` keys).
 _STATUS_GAUGES = ("in_flight", "workers_busy", "workers_idle", "workers_max", "queue_depth")
@@ -135,6 +139,9 @@ class InstrumentedMixIn:
     connection_timeout: float | None = None
     header_timeout: float | None = None
     max_awaiting = 1024
+    #: Read a PROXY protocol header first (runtime._proxy), believed from these peers.
+    proxy_protocol = False
+    proxy_allow_from: str | Iterable[str] = "127.0.0.1"
 
     # Declared for mypy; socketserver.BaseServer provides these.
     socket: socket.socket
@@ -185,6 +192,8 @@ class InstrumentedMixIn:
         self._rt_closing_idle = False
         self._rt_progress_at = monotonic()  # a request (or an HTTP request) completed
         self._rt_backoff = AcceptBackoff()
+        allowed = self.proxy_allow_from
+        self._rt_trusted = Trusted(allowed.split(",") if isinstance(allowed, str) else allowed)
         self._rt_gate: AwaitingRequests | None = None
         self._rt_heads: dict[Any, bytes | None] = {}
         self._rt_truncations = [0, 0.0]  # datagrams cut since the last log line, when logged
@@ -544,11 +553,14 @@ class InstrumentedMixIn:
         if stream and self.tcp_nodelay:
             self._rt_set_nodelay(request)
         try:
-            try:
-                accepted = self.verify_request(request, client_address)  # type: ignore[attr-defined]
-            finally:
-                start, now = now, perf_counter()
-                self.timed_hook(record, "verify_request", start, now)
+            if stream and self.proxy_protocol:  # the client's address comes with the request
+                accepted = True  # verify_request runs on the worker (finish_request)
+            else:
+                try:
+                    accepted = self.verify_request(request, client_address)  # type: ignore[attr-defined]
+                finally:
+                    start, now = now, perf_counter()
+                    self.timed_hook(record, "verify_request", start, now)
             if not accepted:
                 record.rejected = "verify_request"
                 self.shutdown_request(request)
@@ -682,6 +694,11 @@ class InstrumentedMixIn:
         current = current_request.set(record)
         start = perf_counter()
         try:
+            if self.proxy_protocol and not direct and self.socket_type == socket.SOCK_STREAM:
+                proxied = self._rt_proxied(record, request)
+                if proxied is None:  # refused: shutdown_request closes it
+                    return
+                client_address = proxied
             self._rt_run_handler(request, client_address, record)
         except BaseException as exc:
             record.fail("finish_request", exc)
@@ -696,6 +713,38 @@ class InstrumentedMixIn:
                 tel.deactivate(token)
             if direct:
                 self.release_record(record, end)
+
+    def _rt_proxied(self, record: RequestRecord, request: Any) -> Any:
+        """The client's address from the connection's PROXY header, checked by
+        ``verify_request``; None (the connection refused, counted) otherwise."""
+        start = perf_counter()
+        peer = record.client_address
+        try:
+            if peer not in self._rt_trusted:
+                raise ProxyError(f"{format_address(peer)} is not in --proxy-allow-from")
+            source = read_header(request, self.header_timeout or _PROXY_TIMEOUT)
+        except (ProxyError, OSError) as exc:
+            record.rejected = "proxy_protocol"
+            self.logger.info(
+                "PROXY header refused", server=self.server_label, client=format_address(peer),
+                reason=str(exc) if isinstance(exc, ProxyError) else type(exc).__name__,
+            )  # fmt: skip
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                request.settimeout(self.connection_timeout)
+            start, now = perf_counter(), start
+            self.timed_hook(record, "proxy_protocol", now, start)
+        if source is not None:  # else the balancer's own connection (a health check)
+            record.client_address = source
+        try:
+            accepted = self.verify_request(request, record.client_address)  # type: ignore[attr-defined]
+        finally:
+            self.timed_hook(record, "verify_request", start, perf_counter())
+        if not accepted:
+            record.rejected = "verify_request"
+            return None
+        return record.client_address
 
     def _rt_not_handled(self, record: RequestRecord, exc: BaseException) -> None:
         """SystemExit, KeyboardInterrupt...: not handled (the standard library lets them
