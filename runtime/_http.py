@@ -66,10 +66,10 @@ def is_http(handler: object) -> bool:
 
 def stop_reading(request: Any) -> None:
     """Make the handler's next read of *request* return what is queued, then end-of-file."""
-    try:
-        request.shutdown(socket.SHUT_RD)
-    except (OSError, AttributeError):
-        pass  # closed already
+    try:  # socket.socket's own shutdown: a TLS socket's would also drop its TLS state
+        socket.socket.shutdown(request, socket.SHUT_RD)
+    except (OSError, AttributeError, TypeError):
+        pass  # closed already, or not a socket
 
 
 class _CountingWriter:

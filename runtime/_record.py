@@ -43,6 +43,7 @@ class RequestRecord:
         "idle_since",
         "io",
         "io_seen",
+        "key",
         "operations",
         "owner",
         "perf",
@@ -53,12 +54,14 @@ class RequestRecord:
         "request",
         "span",
         "thread",
+        "tls",
         "wall_ns",
         "watch",
     )
 
     def __init__(self, request: Any, client_address: Any, perf: float, wall_ns: int) -> None:
         self.request = request
+        self.key = id(request)  # the server's key for it (the request TLS may replace)
         self.client_address = client_address
         self.perf = perf  # perf_counter() when the request was taken
         self.wall_ns = wall_ns  # time_ns() at the same moment
@@ -84,6 +87,8 @@ class RequestRecord:
         #: (keep-alive HTTP between requests); 0.0 while a request is in progress.
         self.idle_since = 0.0
         self.io_seen = 0  # bytes in + out when the liveness check last looked
+        #: (protocol, cipher) once a TLS handshake succeeded; record.request is the TLS socket
+        self.tls: tuple[str, str] | None = None
         self.operations = 0  # HTTP requests / marked operations finished on this connection
         self.http = False  # an http.server handler serves it (its requests have access lines)
         self.owner: Any = None  # the server running the handler (for runtime.operation)

@@ -18,6 +18,7 @@ import inspect
 import os
 import socket
 import socketserver
+import ssl
 import sys
 import sysconfig
 import traceback
@@ -309,6 +310,8 @@ def _server_class(settings: Settings, address: Address, default_server: str | No
     }
     if address.family == socket.AF_INET6:
         attrs["address_family"] = address.family
+    if settings.certfile is not None:
+        attrs["ssl_context"] = tls_context(settings)
     if settings.mode == "prefork":
         if settings.threads:
             attrs["max_children"] = settings.threads
@@ -412,13 +415,20 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None
     admin = None
     unit: Served
+    reload_tls = None
+    if settings.certfile is not None:  # SIGHUP: new handshakes take the files as they are now
+
+        def reload_tls() -> None:
+            server.ssl_context = tls_context(settings)
+
     if prefork:
         pool = _prefork(settings, server, logger, label, handler_spec, handler_modules)
         if sink is not None:  # the supervisor's own lines, on its /metrics
             sink.on_drop = pool.count_dropped_log_lines
+        pool.on_reload = reload_tls
         unit = pool
     else:
-        unit = _ServedServer(server, telemetry, **settings.options("unit"))
+        unit = _ServedServer(server, telemetry, reload=reload_tls, **settings.options("unit"))
     runtime = Runtime(unit, logger=logger, **settings.options("engine"))
     if admin_address is not None:
         try:
@@ -438,6 +448,47 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
             server.server_close()
             raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
     return App(settings, server, telemetry, runtime, admin, address, logger, provider)
+
+
+def tls_context(settings: Settings, context: ssl.SSLContext | None = None) -> ssl.SSLContext:
+    """The server's TLS context from the settings (or *context* loaded again: SIGHUP).
+
+    TLS 1.2 and up, the standard library's default ciphers; client certificates as
+    ``--cert-reqs`` says, checked against ``--ca-certs``.  A file that is missing or not
+    PEM is a ConfigError naming its flag.
+    """
+    assert settings.certfile is not None
+    if context is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = {
+            "none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED,
+        }[settings.cert_reqs]  # fmt: skip
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        name = "--keyfile" if settings.keyfile and _names_key(exc) else "--certfile"
+        raise ConfigError(
+            name, f"cannot load the certificate and key: {_tls_reason(exc)}"
+        ) from None
+    if settings.ca_certs is not None:
+        try:
+            context.load_verify_locations(settings.ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("--ca-certs", f"cannot load: {_tls_reason(exc)}") from None
+    return context
+
+
+def _names_key(exc: BaseException) -> bool:
+    return "KEY" in str(getattr(exc, "reason", "") or "").upper()
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc).lower().replace("_", " ")
+    if isinstance(exc, OSError):
+        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    return str(exc)
 
 
 class _InheritedSocket(socket.socket):

@@ -322,6 +322,22 @@ class Settings:
     tcp_nodelay: bool = setting(
         True, SERVER, "set TCP_NODELAY on accepted connections", takes=("server",)
     )
+    certfile: str | None = setting(
+        None, SERVER, "serve TLS with this certificate chain (PEM; the key too unless "
+        "--keyfile); reloaded on SIGHUP", metavar="PATH", shown="none: plain TCP",
+    )  # fmt: skip
+    keyfile: str | None = setting(
+        None, SERVER, "the certificate's private key (PEM)", metavar="PATH",
+        shown="in --certfile",
+    )  # fmt: skip
+    ca_certs: str | None = setting(
+        None, SERVER, "CA certificates (PEM) that client certificates are checked against",
+        metavar="PATH",
+    )  # fmt: skip
+    cert_reqs: str = setting(
+        "none", SERVER, "client certificates: none, optional (checked when sent) or required",
+        choices=("none", "optional", "required"),
+    )  # fmt: skip
     proxy_protocol: bool = setting(
         False, SERVER, "each connection starts with a PROXY protocol header (v1 or v2, as an "
         "AWS NLB or HAProxy send-proxy sends): the client address it carries is the "
@@ -504,6 +520,16 @@ class Settings:
                         "(10.0.0.0/8) or *",
                     ) from None  # fmt: skip
         stream = self.bind is None or parse_address(self.bind).transport in ("tcp", "unix")
+        if self.certfile is None:
+            for name in ("keyfile", "ca_certs"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(flag(name), "needs --certfile (the server's certificate)")
+            if self.cert_reqs != "none":
+                raise ConfigError("--cert-reqs", "needs --certfile (the server's certificate)")
+        elif not stream:
+            raise ConfigError("--certfile", f"TLS needs a stream address, not {self.bind!r}")
+        if self.cert_reqs != "none" and self.ca_certs is None:
+            raise ConfigError("--cert-reqs", "needs --ca-certs to check client certificates with")
         if self.proxy_protocol and not stream:
             raise ConfigError("--proxy-protocol", f"needs a stream address, not {self.bind!r}")
         if self.admin_address is not None and self.admin_address.transport != "tcp":

@@ -201,6 +201,22 @@ class Unit(Protocol):
     def runtime_status(self) -> dict[str, Any]: ...
 
 
+def run_reload(reload: Callable[[], None], logger: Any, fields: dict[str, Any]) -> bool:
+    """Run a SIGHUP *reload*; a failure keeps what was loaded before (logged, not fatal)."""
+    try:
+        reload()
+    except Exception as exc:  # noqa: BLE001 - a bad new file must not stop serving
+        if logger is not None:
+            logger.warning(
+                "reload failed; keeping the previous certificate",
+                error=str(getattr(exc, "message", exc)), **fields,
+            )  # fmt: skip
+        return False
+    if logger is not None:
+        logger.info("TLS certificate reloaded", **fields)
+    return True
+
+
 class ServerUnit:
     """One instrumented server as the engine's unit: its serving loop, its drain
     steps (the core's :class:`~runtime._served.ServedServer` interface) and the
@@ -215,9 +231,15 @@ class ServerUnit:
         poll_interval: float = 0.5,
         request_warn_after: float | None = None,
         request_timeout: float | None = None,
+        reload: Callable[[], None] | None = None,
     ) -> None:
         self.server = server
         self.poll_interval = poll_interval
+        #: SIGHUP's action, if any (the TLS certificate loaded again); without one, SIGHUP
+        #: keeps its default.
+        self.reload = reload
+        if reload is not None:
+            self.signals = (*self.signals, signal.SIGHUP)
         self.request_warn_after = request_warn_after
         self.request_timeout = request_timeout
         self.engine: Runtime | None = None
@@ -257,7 +279,8 @@ class ServerUnit:
         return False
 
     def on_signal(self, signum: int) -> None:
-        pass
+        if signum == signal.SIGHUP and self.reload is not None:
+            run_reload(self.reload, self.engine.logger if self.engine else None, self.log_fields())
 
     def begin_drain(self) -> None:
         self.server.begin_drain()

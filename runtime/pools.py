@@ -587,7 +587,8 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                             record.io,
                             record.ended,
                             (record.operations, record.http, child_tel.operations),
-                            (record.rejected, record.client_address),  # a PROXY header's
+                            # a PROXY header's client, a refusal, the TLS session
+                            (record.rejected, record.client_address, record.tls),
                         )
                         _write_all(pipe, pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
         finally:
@@ -645,7 +646,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         if child.buffer:
             report = pickle.loads(bytes(child.buffer))
             hooks, error_hook, error_type, extra, end, fields, record.io, ended, ops, peer = report
-            record.rejected, record.client_address = peer
+            record.rejected, record.client_address, record.tls = peer
             record.operations, record.http, summaries = ops
             for summary in summaries:
                 tel.operation_observed(summary)

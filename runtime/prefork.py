@@ -59,7 +59,7 @@ from typing import Any
 import structlog
 
 from ._prefork_worker import EXIT_BOOT_FAILED, EXIT_RECYCLED, Slots, WorkerProcess, WorkerSpec
-from .lifecycle import Runtime
+from .lifecycle import Runtime, run_reload
 from .telemetry.pool import PoolMetrics, PoolSnapshot
 
 __all__ = ["EXIT_BOOT_FAILED", "EXIT_GAVE_UP", "EXIT_RECYCLED", "Prefork", "WorkerDirError"]
@@ -127,6 +127,8 @@ class Prefork:
     """
 
     signals: tuple[int, ...] = _SUPERVISOR_SIGNALS
+    #: Run on SIGHUP before the new generation forks (the TLS certificate loaded again).
+    on_reload: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -398,6 +400,8 @@ class Prefork:
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
+            if self.on_reload is not None:  # the new generation forks with what it loads
+                run_reload(self.on_reload, self.logger, {"server": self.server.server_label})
             self.generation += 1
             self._boot_failures = 0
             self.logger.info("reload", signal=name, generation=self.generation)

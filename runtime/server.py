@@ -71,6 +71,7 @@ import os
 import selectors
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -139,6 +140,8 @@ class InstrumentedMixIn:
     connection_timeout: float | None = None
     header_timeout: float | None = None
     max_awaiting = 1024
+    #: TLS: each stream connection's handshake runs on its worker, within header_timeout.
+    ssl_context: ssl.SSLContext | None = None
     #: Read a PROXY protocol header first (runtime._proxy), believed from these peers.
     proxy_protocol = False
     proxy_allow_from: str | Iterable[str] = "127.0.0.1"
@@ -162,10 +165,13 @@ class InstrumentedMixIn:
         telemetry: TelemetryFactory | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
         server_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         **kwargs: Any,
     ) -> None:
         if server_name is not None:
             self.server_label = server_name
+        if ssl_context is not None:
+            self.ssl_context = ssl_context
         self._rt_init_state(logger)
         super().__init__(*args, **kwargs)
         if self.server_label is None:
@@ -566,7 +572,9 @@ class InstrumentedMixIn:
                 self.shutdown_request(request)
                 return
             gate = self._rt_gate
-            if gate is not None and stream:
+            # (TLS: the head comes encrypted, after a handshake the worker does; that
+            # handshake has the header time-out instead.)
+            if gate is not None and stream and self.ssl_context is None:
                 end = self._rt_head_end()
                 if end is not None and gate.park(record, end):
                     return  # a worker once its request head is here (_rt_dispatch)
@@ -694,11 +702,17 @@ class InstrumentedMixIn:
         current = current_request.set(record)
         start = perf_counter()
         try:
-            if self.proxy_protocol and not direct and self.socket_type == socket.SOCK_STREAM:
+            stream = not direct and self.socket_type == socket.SOCK_STREAM
+            if self.proxy_protocol and stream:
                 proxied = self._rt_proxied(record, request)
                 if proxied is None:  # refused: shutdown_request closes it
                     return
                 client_address = proxied
+            if self.ssl_context is not None and stream:
+                secured = self._rt_handshake(record, request)
+                if secured is None:  # failed: counted, logged; shutdown_request closes it
+                    return
+                request = secured
             self._rt_run_handler(request, client_address, record)
         except BaseException as exc:
             record.fail("finish_request", exc)
@@ -746,6 +760,37 @@ class InstrumentedMixIn:
             return None
         return record.client_address
 
+    def _rt_handshake(self, record: RequestRecord, request: Any) -> Any:
+        """The TLS handshake, on this worker (never the accept loop), within the header
+        time-out; the TLS socket, or None (the connection refused, counted, logged)."""
+        assert self.ssl_context is not None
+        start = perf_counter()
+        tls = None
+        try:
+            tls = self.ssl_context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
+            record.request = tls  # the handler's, the drain's and the watchdog's socket now
+            tls.settimeout(self.header_timeout or _PROXY_TIMEOUT)
+            tls.do_handshake()
+        except (OSError, ValueError) as exc:
+            record.rejected = "tls_handshake"
+            self.logger.info(
+                "TLS handshake failed", server=self.server_label,
+                client=format_address(record.client_address),
+                reason=getattr(exc, "reason", None) or type(exc).__name__,
+                error=str(exc)[:200],
+            )  # fmt: skip
+            return None
+        finally:
+            if tls is not None:
+                with contextlib.suppress(OSError):
+                    tls.settimeout(self.connection_timeout)
+            self.timed_hook(record, "tls_handshake", start, perf_counter())
+        cipher = tls.cipher()
+        record.tls = (tls.version() or "", cipher[0] if cipher else "")
+        return tls
+
     def _rt_not_handled(self, record: RequestRecord, exc: BaseException) -> None:
         """SystemExit, KeyboardInterrupt...: not handled (the standard library lets them
         end the serving loop, the worker thread or the child); said once here."""
@@ -761,6 +806,8 @@ class InstrumentedMixIn:
         record = self._rt_records.get(id(request))
         start = perf_counter()
         if record is not None:
+            if record.request is not request:  # a TLS socket took the connection over
+                request = record.request
             if record.error is not None and not record.ended:  # handle_error was overridden
                 record.ended = early_end(record.error, request)
             if self._rt_access:
@@ -925,7 +972,7 @@ class InstrumentedMixIn:
         record.handler = None
         record.owner = None
         with self._rt_idle:
-            self._rt_records.pop(id(record.request), None)
+            self._rt_records.pop(record.key, None)
             if not self._rt_records:
                 self._rt_idle.notify_all()
 

@@ -253,6 +253,10 @@ class ServerTracing:
             else:
                 for name, start, stop in record.hooks:
                     span.add_event(name, {"duration_s": stop - start}, ns(start))
+            if record.tls is not None:
+                protocol, cipher = record.tls
+                span.set_attribute("tls.protocol.version", protocol)
+                span.set_attribute("tls.cipher", cipher)
             if record.rejected:
                 span.set_attribute("socketserver.rejected", record.rejected)
             if record.error_type:
