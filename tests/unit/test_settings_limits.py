@@ -217,7 +217,9 @@ def test_every_setting_is_a_flag_with_its_declared_help_and_a_variable() -> None
     flags = {a.dest: a for a in parser._actions}  # (argparse keeps no public list)
     for f in declared():
         action = flags[f.name]
-        assert action.option_strings[0] == "--" + f.name.replace("_", "-")
+        # a short flag (-b, -w) first when declared, then the long one (then --no-x for a switch)
+        short = [f.metadata["short"]] if f.metadata["short"] else []
+        assert action.option_strings[: len(short) + 1] == [*short, "--" + f.name.replace("_", "-")]
         assert action.help == help_text(f.name)
         value = str(f.default).lower()
         if isinstance(f.default, bool):
