@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
-from ._record import Operation, current_operation, current_request
+from ._record import Operation, bind, current_operation, current_request
 from ._request import early_end
 
 if TYPE_CHECKING:
@@ -112,9 +112,7 @@ def set_attributes(**attributes: Any) -> None:
     record = current_request.get()
     if record is None:
         raise RuntimeError("runtime.set_attributes() called outside a request handler")
-    if record.fields is None:
-        record.fields = {}
-    record.fields.update(attributes)
+    bind(**attributes)  # every line of the connection, its access line included
     span = record.span
     if span is not None and span.is_recording():
         span.set_attributes({k: v if isinstance(v, (str, bool, int, float)) else str(v)

@@ -292,17 +292,10 @@ class ServerMetrics:
             return
         method = op.method
         self._active_gauge(method if method in HTTP_METHODS else "_OTHER").dec()
-        labels = (method, op.status, op.route, op.error_type)
-        children = self._http.get(labels)
-        if children is None:
-            children = self._http_children(*labels)
-            if len(self._http) < _HTTP_CACHE:
-                self._http[labels] = children
-        children[0].observe(seconds, op.exemplar)
-        if op.body_in is not None:
-            children[1].observe(op.body_in)
-        if op.body_out is not None:
-            children[2].observe(op.body_out)
+        self._observe_http(
+            method, op.status, op.route, op.error_type, seconds, op.body_in, op.body_out,
+            op.exemplar,
+        )  # fmt: skip
 
     def _bounded(self, value: str) -> str:
         """*value* (a route, an operation name) while fewer than MAX_ROUTES were seen."""
@@ -324,6 +317,12 @@ class ServerMetrics:
                 child = self._ops[key] = family.labels(*self._labels, *key)
             child.observe(seconds, ex)
             return
+        self._observe_http(method, status, route, error_type, seconds, body_in, body_out, ex)
+
+    def _observe_http(
+        self, method: str, status: int, route: str, error_type: str, seconds: float,
+        body_in: int | None, body_out: int | None, exemplar: dict[str, str] | None,
+    ) -> None:  # fmt: skip
         # One lookup on the hot path: the children of this (method, status, route, error),
         # cached under the values as given while the cache is small (a client can send
         # any method: past the cap, the labels are worked out every time).
@@ -334,7 +333,7 @@ class ServerMetrics:
             if len(self._http) < _HTTP_CACHE:
                 self._http[labels] = children
         duration, request_size, response_size = children
-        duration.observe(seconds, ex)
+        duration.observe(seconds, exemplar)
         if body_in is not None:
             request_size.observe(body_in)
         if body_out is not None:
