@@ -1,9 +1,9 @@
-"""The container image: hadolint clean, and its final stage runs as the image would run it.
+"""The Dockerfile: hadolint clean, and its final stage's command run on the host.
 
-There is no container engine in the test environment, so the image is checked in two halves:
-the Dockerfile is linted and parsed, and the final stage's ENTRYPOINT + CMD, ENV and HEALTHCHECK
-are run on this host with this interpreter, which has the same package installed. What differs
-from the image, and why:
+``test_image.py`` builds the image and runs it in a real engine. This module is the quick half,
+which also runs on every supported Python (the image has one): the Dockerfile is linted and
+parsed, and the final stage's ENTRYPOINT + CMD, ENV and HEALTHCHECK are run on this host with this
+interpreter, which has the same package installed. What differs from the image, and why:
 
 - ``python`` is ``sys.executable`` (the virtualenv that has the project installed);
 - the bind and admin addresses become ``127.0.0.1:0``: tests only listen on 127.0.0.1, and port 0
