@@ -30,7 +30,7 @@ from typing import IO, Any, NamedTuple, Protocol
 from . import servers
 from ._catalog import EXAMPLES
 from .admin import AdminServer
-from .config import Address, ConfigError, Settings, parse_address
+from .config import Address, ConfigError, Settings, parse_address, parse_addresses
 from .lifecycle import Runtime, ServerUnit, Unit
 from .prefork import Prefork, WorkerDirError
 from .status import StatusBoard
@@ -243,16 +243,17 @@ class App:
     telemetry: Telemetry
     runtime: Runtime
     admin: AdminServer | None
-    address: Address
+    addresses: list[Address]
     logger: Any
     tracer_provider: Any = None
     closed: bool = field(default=False)
 
-    def run(self) -> int:
+    def run(self, on_serving: Callable[[], None] | None = None) -> int:
+        """Serve until stopped; *on_serving* runs once the signal handlers are in place."""
         if self.admin is not None:
             self.admin.start()
         try:
-            return self.runtime.run()
+            return self.runtime.run(on_serving)
         finally:
             self.close()
 
@@ -264,27 +265,34 @@ class App:
             self.admin.close()
         self.server.server_close()
         # A socket file the runtime made is removed; an inherited one is its owner's.
-        if self.address.transport in ("unix", "unixgram") and self.address.fd is None:
-            try:
-                os.unlink(self.address.address)
-            except OSError:
-                pass
+        for address in self.addresses:
+            if address.transport in ("unix", "unixgram") and address.fd is None:
+                try:
+                    os.unlink(address.address)
+                except OSError:
+                    pass
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
 
     def describe(self) -> str:
-        urls = [f"serving {self.settings.handler} on {_url(self.server, self.address)}"]
+        listeners = self.server.listeners()
+        where = ", ".join(
+            _url(sock.getsockname(), address)
+            for sock, address in zip(listeners, self.addresses, strict=False)
+        )
+        urls = [f"serving {self.settings.handler} on {where}"]
         if self.admin is not None:
             base = self.admin.url
             urls.append(f"admin {base}/  {base}/metrics  {base}/livez  {base}/readyz")
         return "\n".join(urls)
 
 
-def _url(server: Any, address: Address) -> str:
+def _url(bound: Any, address: Address) -> str:
+    """Where a listener listens, as bound (the port the kernel picked for port 0)."""
     inherited = f" (inherited, fd://{address.fd})" if address.fd is not None else ""
     if address.transport in ("unix", "unixgram"):
         return f"{address.transport}:{address.address}{inherited}"
-    host, port = server.server_address[:2]
+    host, port = bound[:2]
     host = f"[{host}]" if ":" in str(host) else host
     return f"{address.transport}://{host}:{port}{inherited}"
 
@@ -339,15 +347,21 @@ class Plan(NamedTuple):
     handler_spec: str
     handler: Any
     handler_modules: list[str]
-    address: Address
+    addresses: list[Address]
     cls: type
+
+    @property
+    def address(self) -> Address:
+        """The first address: the server's own socket (``server_address``)."""
+        return self.addresses[0]
 
     def describe(self) -> str:
         s = self.settings
         admin = s.admin_address
         mode = s.mode + (f", {s.worker_count} workers" if s.mode == "prefork" else "")
+        where = ", ".join(str(address) for address in self.addresses)
         return (
-            f"{self.handler_spec} on {self.address} ({self.cls.__name__}, {mode}); "
+            f"{self.handler_spec} on {where} ({self.cls.__name__}, {mode}); "
             f"admin {admin if admin is not None else 'off'}"
         )
 
@@ -367,14 +381,18 @@ def check(settings: Settings) -> Plan:
     before = set(sys.modules)
     handler = _load_handler(handler_spec)
     handler_modules = _project_modules(set(sys.modules) - before)
-    address = parse_address(settings.bind or (example.bind if example else DEFAULT_BIND))
+    if settings.bind:
+        addresses = parse_addresses(settings.bind)
+    else:
+        addresses = [parse_address(example.bind if example else DEFAULT_BIND)]
+    address = addresses[0]
     if address.transport not in ("tcp",) and settings.server is None and example and example.server:
         raise ConfigError("--bind", f"{settings.handler!r} needs a tcp address (host:port)")
     cls = _server_class(settings, address, example.server if example else None)
     if getattr(cls, "socket_type", None) != _BASE_CLASSES[address.transport].socket_type:
         raise ConfigError("--bind", f"{address} does not match the server class {cls.__name__}")
     settings.admin_address  # noqa: B018 - parsed: a bad --admin is a ConfigError here too
-    return Plan(settings, handler_spec, handler, handler_modules, address, cls)
+    return Plan(settings, handler_spec, handler, handler_modules, addresses, cls)
 
 
 def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
@@ -382,6 +400,7 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
     plan = check(settings)
     handler_spec, handler, handler_modules = plan.handler_spec, plan.handler, plan.handler_modules
     address, cls = plan.address, plan.cls
+    more = plan.addresses[1:]
 
     logger = make_logger(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
     route_stdlib_logging(level=settings.log_level, fmt=settings.log_format, stream=log_stream)
@@ -401,7 +420,7 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         server = cls(
             address.address,
             handler,
-            bind_and_activate=not (settings.reuse_port or inherited),
+            bind_and_activate=not (settings.reuse_port or inherited or more),
             telemetry=None if prefork else telemetry,
             logger=logger,
             server_name=label,
@@ -411,8 +430,21 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         elif settings.reuse_port:  # reserve the port; each worker listens on its own socket
             server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             server.server_bind()
+        elif more:  # [::]:N beside 0.0.0.0:N: each IPv6 listener takes IPv6 only
+            _v6_only(server.socket)
+            server.server_bind()
+            server.server_activate()
     except OSError as exc:
         raise StartupError("--bind", f"{address}: {_os_reason(exc)}") from None
+    for extra in more:
+        try:
+            server.add_listener(_listener(server, extra))
+        except OSError as exc:
+            server.server_close()
+            raise StartupError("--bind", f"{extra}: {_os_reason(exc)}") from None
+        except ValueError as exc:  # a server class that serves one address
+            server.server_close()
+            raise ConfigError("--bind", str(exc)) from None
     admin = None
     unit: Served
     reload_tls = None
@@ -447,7 +479,7 @@ def build(settings: Settings, *, log_stream: IO[str] | None = None) -> App:
         except OSError as exc:
             server.server_close()
             raise StartupError("--admin", f"{admin_address}: {_os_reason(exc)}") from None
-    return App(settings, server, telemetry, runtime, admin, address, logger, provider)
+    return App(settings, server, telemetry, runtime, admin, plan.addresses, logger, provider)
 
 
 def tls_context(settings: Settings, context: ssl.SSLContext | None = None) -> ssl.SSLContext:
@@ -491,6 +523,31 @@ def _tls_reason(exc: BaseException) -> str:
     return str(exc)
 
 
+def _v6_only(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+
+def _listener(server: Any, address: Address) -> socket.socket:
+    """Another listening socket for *server* (``--bind`` given more than once): bound as
+    the server's class binds its own (``allow_reuse_address``), or inherited."""
+    if address.fd is not None:
+        inherited = _InheritedSocket(fileno=address.fd)
+        _forget_listen_fds()
+        return inherited
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        if server.allow_reuse_address and address.family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _v6_only(sock)
+        sock.bind(address.address)
+        sock.listen(server.request_queue_size)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class _InheritedSocket(socket.socket):
     """A socket passed in, bound and listening already: the server's bind is a no-op."""
 
@@ -512,6 +569,10 @@ def _serve_inherited(server: Any, address: Address) -> None:
     server.server_address = server.socket.getsockname()
     server.server_bind()
     server.server_activate()
+    _forget_listen_fds()
+
+
+def _forget_listen_fds() -> None:
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
 

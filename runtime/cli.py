@@ -132,6 +132,8 @@ def _parser(prog: str = "python -m runtime", name: str = PROG) -> argparse.Argum
                 options["choices"] = f.metadata["choices"]
             else:
                 options["metavar"] = f.metadata["metavar"]
+            if f.metadata.get("repeat"):
+                options["action"] = "append"
             short = f.metadata.get("short")
             add(*((short,) if short else ()), flag(f.name), **options)
     return p
@@ -147,12 +149,16 @@ def _parse(
     whether ``--check-config`` was given."""
     args = _parser(prog, name).parse_args(argv)
     checking = vars(args).pop("check_config", False)
-    overrides = {
-        key: parse_value(key, value, flag(key))
-        if isinstance(value, str) else value
+    separators = {f.name: f.metadata["repeat"] for f in declared()}
+    raw = {  # a flag given more than once: its values as its variable lists them
+        key: separators[key].join(value) if isinstance(value, list) else value
         for key, value in vars(args).items()
         if value is not None  # not given
-    }  # fmt: skip
+    }
+    overrides = {
+        key: parse_value(key, value, flag(key)) if isinstance(value, str) else value
+        for key, value in raw.items()
+    }
     settings = settings_from(environ, overrides)
     variables = environment_variables(environ)
     given = {key: var for key, var in variables.items() if key not in overrides}
@@ -230,5 +236,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if exc.__cause__ is not None and settings is not None and settings.log_level == "debug":
             _print_traceback(exc.__cause__)
         return 2
-    print(app.describe(), flush=True)
-    return app.run()
+    # Printed once a signal is safe to send: scripts take the line as "up".
+    return app.run(on_serving=lambda: print(app.describe(), flush=True))

@@ -189,6 +189,34 @@ def parse_address(text: str, setting: str = "--bind") -> Address:
     return Address(transport, (host, port), family)
 
 
+def parse_addresses(text: str, setting: str = "--bind") -> list[Address]:
+    """One address or several, comma-separated (``--bind`` given more than once).
+
+    Several must all be stream addresses of one kind, all tcp (IPv4 and IPv6 mixed)
+    or all unix, and distinct: one server serves them with one handler, and a
+    datagram server reads one socket.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) > 1 and not all(parts):
+        raise ConfigError(setting, f"{text!r} has an empty address (give each once, no comma)")
+    addresses = [parse_address(part, setting) for part in parts]
+    if len(addresses) == 1:
+        return addresses
+    kinds = {a.transport for a in addresses}
+    if kinds & {"udp", "unixgram"}:
+        raise ConfigError(setting, f"{text!r}: a datagram server reads one socket; give one "
+                          "udp or unixgram address")  # fmt: skip
+    if len(kinds) > 1:
+        raise ConfigError(setting, f"{text!r}: one server serves all tcp or all unix addresses, "
+                          "not both")  # fmt: skip
+    seen: set[str] = set()
+    for address in addresses:
+        if str(address) in seen and not str(address).endswith(":0"):  # port 0: any free one
+            raise ConfigError(setting, f"{str(address)!r} is given twice")
+        seen.add(str(address))
+    return addresses
+
+
 def _inherited(text: str, number: str, setting: str) -> Address:
     """``fd://N``: the socket this process inherited as descriptor N (socket activation)."""
     if not number.isdigit():
@@ -219,14 +247,15 @@ def _inherited(text: str, number: str, setting: str) -> Address:
 
 
 def activated_bind(environ: Mapping[str, str], pid: int) -> str | None:
-    """``fd://3`` when systemd (or another supervisor) passed this process listening
-    sockets (``LISTEN_PID`` is *pid*, ``LISTEN_FDS`` at least 1); the first is served."""
+    """``fd://3`` (``fd://3,fd://4`` for two, ...) when systemd (or another supervisor)
+    passed this process listening sockets (``LISTEN_PID`` is *pid*, ``LISTEN_FDS`` at
+    least 1): each one is served."""
     if environ.get("LISTEN_PID", "").strip() != str(pid):
         return None
     count = environ.get("LISTEN_FDS", "").strip()
     if not count.isdigit() or int(count) < 1:
         raise ConfigError("LISTEN_FDS", f"{count!r}: expected the number of sockets passed, >= 1")
-    return "fd://3"  # SD_LISTEN_FDS_START
+    return ",".join(f"fd://{3 + i}" for i in range(int(count)))  # from SD_LISTEN_FDS_START
 
 
 #: The groups of ``--help`` (and of the README's table), in their order.
@@ -252,6 +281,7 @@ def setting(
     shown: str | None = None,
     takes: tuple[str, ...] | Mapping[str, str] = (),
     short: str | None = None,
+    repeat: str | None = None,
 ) -> Any:
     """Declare a setting: its default, its ``--help`` group and *text*, its range.
 
@@ -261,7 +291,9 @@ def setting(
     and the README's table all come from this one declaration.  *takes*: the
     consumers (:data:`CONSUMERS`) that get it as a keyword argument of the same
     name, or a mapping consumer -> keyword.  *short*: a one-letter flag too (``-b``),
-    for the few options gunicorn's users type by hand.
+    for the few options gunicorn's users type by hand.  *repeat*: the flag may be
+    given more than once; the values are joined with this separator, which is how
+    the variable lists them (``RUNTIME_BIND=0.0.0.0:9000,[::]:9000``).
     """
     if not isinstance(takes, Mapping):
         takes = {consumer: "" for consumer in takes}
@@ -272,6 +304,7 @@ def setting(
         metadata={
             "group": group, "help": text, "metavar": metavar, "limit": limit,
             "choices": choices, "shown": shown, "takes": dict(takes), "short": short,
+            "repeat": repeat,
         },
     )  # fmt: skip
 
@@ -285,8 +318,9 @@ class Settings:
     # -- server and its pool
     bind: str | None = setting(
         None, SERVER, "host:port, udp://host:port, unix:/path, unixgram:/path or fd://N (an "
-        "inherited listening socket; systemd's LISTEN_FDS when not given)", metavar="ADDR",
-        shown="127.0.0.1:9000, or the example's", short="-b",
+        "inherited listening socket; systemd's LISTEN_FDS when not given); give it more than "
+        "once to listen on each tcp (or each unix) address", metavar="ADDR",
+        shown="127.0.0.1:9000, or the example's", short="-b", repeat=",",
     )  # fmt: skip
     mode: str = setting(
         "thread", SERVER, "sync: one request at a time; thread: a bounded thread pool; "
@@ -502,11 +536,11 @@ class Settings:
         self._at_least_twice("liveness_timeout", "/livez would say stalled while idle")
         if self.mode == "prefork" and self.worker_timeout > 0:
             self._at_least_twice("worker_timeout", "idle workers would be aborted as hung")
-        if self.bind is not None:
-            address = parse_address(self.bind)
-            if self.reuse_port and address.transport not in ("tcp", "udp"):
+        addresses = parse_addresses(self.bind) if self.bind is not None else []
+        if addresses and self.reuse_port:
+            if addresses[0].transport not in ("tcp", "udp"):
                 raise ConfigError("--reuse-port", f"needs a tcp or udp address, not {self.bind!r}")
-            if self.reuse_port and address.fd is not None:
+            if any(address.fd is not None for address in addresses) or len(addresses) > 1:
                 raise ConfigError(
                     "--reuse-port", f"each worker binds its own socket: not with {self.bind!r}"
                 )
@@ -519,7 +553,7 @@ class Settings:
                         "--proxy-allow-from", f"{entry.strip()!r} is not an address, a network "
                         "(10.0.0.0/8) or *",
                     ) from None  # fmt: skip
-        stream = self.bind is None or parse_address(self.bind).transport in ("tcp", "unix")
+        stream = not addresses or addresses[0].transport in ("tcp", "unix")
         if self.certfile is None:
             for name in ("keyfile", "ca_certs"):
                 if getattr(self, name) is not None:

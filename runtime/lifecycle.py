@@ -471,8 +471,12 @@ class Runtime:
 
     # -- the three steps -----------------------------------------------------------
 
-    def run(self) -> int:
-        """Startup, serve, shutdown. Returns the unit's exit status (0: nothing forced)."""
+    def run(self, on_serving: Callable[[], None] | None = None) -> int:
+        """Startup, serve, shutdown. Returns the unit's exit status (0: nothing forced).
+
+        *on_serving* runs once serving, with the signal handlers in place: what it
+        announces (the command's "serving ... on" line) is safe to answer with a signal.
+        """
         unit = self.unit
         signals = self.signals if self.signals is not None else unit.signals
         capture = capture_signals(self.handle_signal, signals)
@@ -480,6 +484,8 @@ class Runtime:
             unit.start()
             with capture if self.handle_signals else contextlib.nullcontext():
                 self.lifecycle.to(State.SERVING)
+                if on_serving is not None:
+                    on_serving()
                 try:
                     unit.serve()
                 finally:

@@ -306,7 +306,7 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
             return True
         if not self._pool_full_since:
             # Connections wait in the kernel's queue while every thread is taken.
-            queued = accept_queue_length(self.socket, 0)  # type: ignore[attr-defined]
+            queued = sum(accept_queue_length(sock, 0) for sock in _listeners(self))
             if queued:
                 self._pool_full_since = monotonic()
         return False
@@ -561,7 +561,8 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             if self.socket_type == socket.SOCK_STREAM:  # type: ignore[attr-defined]
                 # Our copy of the listener would keep it open (and accepting into
                 # the backlog) after the parent closes it during a drain.
-                self.socket.close()  # type: ignore[attr-defined]
+                for sock in _listeners(self):
+                    sock.close()
             in_child = getattr(self, "forked_child", None)
             child_tel = _ChildTelemetry(parent_tel)
             if in_child is not None:  # the loop's other connections are the parent's
@@ -748,3 +749,9 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"SIG{signum}"
+
+
+def _listeners(server: Any) -> list[Any]:
+    """The server's listening sockets (one, unless it is instrumented and was given more)."""
+    listeners = getattr(server, "listeners", None)
+    return list(listeners()) if listeners is not None else [server.socket]

@@ -104,6 +104,10 @@ _LAST, _NOT_LAST = 0, 1
 #: Seconds a PROXY header may take when there is no header_timeout.
 _PROXY_TIMEOUT = 10.0
 _TAKEN, _EMPTY, _FAILED = 1, 0, -1
+#: The selector's mark on a listener added with ``add_listener``.
+_MORE = object()
+#: (``socket`` names the listening socket inside the class.)
+_Socket = socket.socket
 #: The pool gauges of a status row (``runtime_stats()`` keys).
 _STATUS_GAUGES = ("in_flight", "workers_busy", "workers_idle", "workers_max", "queue_depth")
 #: Seconds a connection taken from the kernel's queue at a drain has to send its request.
@@ -194,6 +198,10 @@ class InstrumentedMixIn:
         self._rt_wakeup: tuple[int, int] | None = None
         self._rt_controller: LoopController | None = None
         self._rt_listening = True
+        #: Listening sockets besides ``self.socket`` (``--bind`` given more than once), and
+        #: the one ``get_request`` accepts from while the loop serves it (None: ``self.socket``).
+        self._rt_more: list[_Socket] = []
+        self._rt_from: _Socket | None = None
         self._rt_draining = False
         self._rt_closing_idle = False
         self._rt_progress_at = monotonic()  # a request (or an HTTP request) completed
@@ -233,6 +241,29 @@ class InstrumentedMixIn:
         return True
 
     # -- configuration ---------------------------------------------------------
+
+    def add_listener(self, sock: _Socket) -> None:
+        """Serve another listening socket too (``--bind`` given more than once).
+
+        *sock* is bound and listening, of this server's socket type; the serving
+        loop accepts from it as from ``self.socket``, with the same handler, hooks,
+        pool and telemetry, and the drain takes its queue and closes it as well.
+        ``self.socket`` and ``server_address`` stay the first address's.  A class
+        with its own ``get_request`` (which would accept from ``self.socket``) or
+        a datagram server serves one address.
+        """
+        if self.socket_type != socket.SOCK_STREAM or sock.type != socket.SOCK_STREAM:
+            raise ValueError("only a stream server serves more than one address")
+        if type(self).get_request is not InstrumentedMixIn.get_request:
+            raise ValueError(
+                f"{type(self).__name__} has its own get_request: it serves one address"
+            )
+        sock.setblocking(False)  # taken in batches; an empty queue says so, never blocks
+        self._rt_more.append(sock)
+
+    def listeners(self) -> list[_Socket]:
+        """The listening sockets still open: ``self.socket`` first, then the added ones."""
+        return [s for s in (self.socket, *self._rt_more) if s.fileno() != -1]
 
     @property
     def transport(self) -> str:
@@ -335,7 +366,10 @@ class InstrumentedMixIn:
         gate = self._rt_open_gate()
         try:
             with _ServerSelector() as selector:
+                more = list(self._rt_more)
                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+                for sock in more:
+                    selector.register(sock, selectors.EVENT_READ, _MORE)
                 listening = True
                 selector.register(wake, selectors.EVENT_READ)
                 for fd in self._pool_loop_fds():  # e.g. forked children's report pipes
@@ -352,10 +386,14 @@ class InstrumentedMixIn:
                         if not backoff.paused or backoff.due(now):
                             if not listening:
                                 selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+                                for sock in more:
+                                    selector.register(sock, selectors.EVENT_READ, _MORE)
                                 listening = True
                         else:
                             if listening:
                                 selector.unregister(self)  # type: ignore[arg-type]
+                                for sock in more:
+                                    selector.unregister(sock)
                                 listening = False
                             timeout = _sooner(timeout, backoff.until - now)
                     if gate is not None and len(gate):
@@ -371,6 +409,8 @@ class InstrumentedMixIn:
                             self._rt_drain_wakeup(wake)
                         elif key.fileobj is self:  # type: ignore[comparison-overlap]
                             self._rt_accept_batch(self.accept_batch if batching else 1)
+                        elif key.data is _MORE:
+                            self._rt_accept_more(key.fileobj, max(self.accept_batch, 1))  # type: ignore[arg-type]
                     if gate is not None and len(gate):
                         gate.service(0.0)  # heads that arrived, deadlines that passed
                     # Also reaps children at once when their pipes are readable.
@@ -454,6 +494,9 @@ class InstrumentedMixIn:
         that size (the standard library does the same, silently); here it is
         counted (``datagrams_truncated_total``) and logged (at most once a minute).
         """
+        source = self._rt_from
+        if source is not None:  # an added listener's turn
+            return source.accept()
         if self.socket_type != socket.SOCK_DGRAM or not _plain_datagram_get_request(type(self)):
             return super().get_request()  # type: ignore[misc]
         size = self.max_packet_size  # type: ignore[attr-defined]
@@ -478,6 +521,14 @@ class InstrumentedMixIn:
             hint="the handler saw the first max_packet_size bytes; raise max_packet_size",
         )
         counts[0], counts[1] = 0, now
+
+    def _rt_accept_more(self, sock: _Socket, limit: int) -> None:
+        """A batch from an added listener (always non-blocking)."""
+        self._rt_from = sock
+        try:
+            self._rt_accept_batch(limit)
+        finally:
+            self._rt_from = None
 
     def _rt_accept_batch(self, limit: int) -> None:
         for i in range(limit):  # the first may wait a little for room, the rest not at all
@@ -1179,21 +1230,25 @@ class InstrumentedMixIn:
     def _rt_take_queue_and_close(self) -> int:
         # What is queued now, and what completes its handshake while we take it (until
         # the queue is empty): each one left when the listener closes is reset.
-        queued = accept_queue_length(self.socket, self.request_queue_size) + self.request_queue_size
         grabbed: list[tuple[Any, Any, int, float, float]] = []
-        failures = 0
-        self.socket.setblocking(False)
         try:
-            while failures < _MAX_ACCEPT_FAILURES and len(grabbed) < queued:
-                taken = self._rt_take()
-                if taken == _EMPTY:
-                    break
-                if isinstance(taken, tuple):
-                    grabbed.append(taken)
-                    failures = 0
-                else:
-                    failures += 1
+            for sock in self.listeners():
+                size = self.request_queue_size
+                queued = len(grabbed) + accept_queue_length(sock, size) + size
+                failures = 0
+                sock.setblocking(False)
+                self._rt_from = None if sock is self.socket else sock
+                while failures < _MAX_ACCEPT_FAILURES and len(grabbed) < queued:
+                    taken = self._rt_take()
+                    if taken == _EMPTY:
+                        break
+                    if isinstance(taken, tuple):
+                        grabbed.append(taken)
+                        failures = 0
+                    else:
+                        failures += 1
         finally:
+            self._rt_from = None
             self.close_listener()
         for item in grabbed:
             self._rt_process(*item)
@@ -1204,6 +1259,8 @@ class InstrumentedMixIn:
         if self._rt_listening:
             self._rt_listening = False
             self.socket.close()
+            for sock in self._rt_more:
+                sock.close()
 
     def wait_for_idle(self, deadline: float, heartbeat: Callable[[], None] | None = None) -> bool:
         """Wait until no request is in flight or ``perf_counter()`` passes *deadline*.
@@ -1251,6 +1308,8 @@ class InstrumentedMixIn:
             self._rt_gate.close()
             self._rt_gate = None
         super().server_close()  # type: ignore[misc]
+        for sock in self._rt_more:
+            sock.close()
         if self._rt_wakeup is not None:
             for fd in self._rt_wakeup:
                 os.close(fd)

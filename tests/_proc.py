@@ -42,7 +42,7 @@ class RuntimeProcess:
 
     def __init__(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "runtime", *args]
-        if "--bind" not in args:
+        if "--bind" not in args and "RUNTIME_BIND" not in (extra_env or {}):
             cmd += ["--bind", "127.0.0.1:0"]
         if "--admin" not in args:
             cmd += ["--admin", "127.0.0.1:0"]
@@ -53,11 +53,15 @@ class RuntimeProcess:
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
         second = self.proc.stdout.readline()
-        found = re.search(r"on (?:tcp|udp)://([\d.]+):(\d+)", first)
-        if not found:
+        #: Every address it listens on (``--bind`` given more than once), the first first.
+        self.addresses = [
+            (host.strip("[]"), int(port))
+            for host, port in re.findall(r"(?:tcp|udp)://(\[[\w:]+\]|[\d.]+):(\d+)", first)
+        ]
+        if not self.addresses:
             self.proc.kill()
             raise AssertionError(f"no address in {first!r}; stderr: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-        self.address = (found.group(1), int(found.group(2)))
+        self.address = self.addresses[0]
         admin = re.search(r"admin (http://[\d.]+:\d+)/", second)
         self.admin = admin.group(1) if admin else ""
         # Drain both pipes from now on: a chatty server (access lines) must never

@@ -141,3 +141,23 @@ def test_idle_server_exits_0_on_sigint() -> None:
         assert code == 0
     finally:
         rt.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "args",
+    [["--mode", "thread"], ["--mode", "prefork", "--workers", "2"]],
+    ids=["thread", "prefork"],
+)
+def test_a_signal_right_after_the_serving_line_drains(args: list[str]) -> None:
+    """The "serving ... on" line is printed once the signal handlers are in place: a
+    supervisor (or a script) that sends SIGTERM the moment it reads it gets a drain and
+    exit 0, never a process killed by the signal's default action."""
+    for _ in range(5):
+        rt = RuntimeProcess("echo", "--drain-delay", "0", *args)
+        try:
+            rt.signal(signal.SIGTERM)  # at once: RuntimeProcess returns after the line
+            code, err = rt.wait()
+            assert code == 0, f"exit {code}: {err}"
+        finally:
+            rt.close()

@@ -3,6 +3,7 @@ systemd's ``LISTEN_FDS``/``LISTEN_PID``), in every mode, binding nothing itself.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -92,6 +93,57 @@ def test_systemd_listen_fds(listener: socket.socket) -> None:
     finally:
         code, err = _stop(proc)
     assert code == 0, err
+
+
+@pytest.fixture
+def two_listeners() -> Iterator[tuple[socket.socket, socket.socket]]:
+    pair = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        pair.append(sock)
+    yield pair[0], pair[1]
+    for sock in pair:
+        sock.close()
+
+
+def test_systemd_passes_two_sockets(two_listeners: tuple[socket.socket, socket.socket]) -> None:
+    """LISTEN_FDS=2: fds 3 and 4 are both served (systemd's ListenStream= twice)."""
+    first, second = two_listeners
+    # Numbers above 4, so that moving them to 3 and 4 cannot overwrite one with the other; a
+    # small Python "systemd" moves them, sets LISTEN_PID to its own pid and execs the runtime.
+    fds = [fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD, 20) for sock in (first, second)]
+    launcher = (
+        "import os, sys\n"
+        f"os.dup2({fds[0]}, 3); os.dup2({fds[1]}, 4)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'runtime', 'echo', '--admin', 'off',"
+        " '--drain-delay', '0', '--mode', 'prefork', '--workers', '1'])\n"
+    )
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", launcher], cwd=ROOT, env=env(), pass_fds=fds,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        for fd in fds:
+            socket.close(fd)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        ports = [sock.getsockname()[1] for sock in (first, second)]
+        assert line == (
+            f"serving echo on tcp://127.0.0.1:{ports[0]} (inherited, fd://3), "
+            f"tcp://127.0.0.1:{ports[1]} (inherited, fd://4)"
+        ), line
+        for port in ports:
+            assert _echo(("127.0.0.1", port), b"activated\n") == b"activated\n"
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    for sock in (first, second):  # the supervisor's to keep: still listening
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
 
 
 def test_a_listen_pid_of_another_process_is_not_ours(listener: socket.socket) -> None:
