@@ -80,6 +80,10 @@ def test_the_wheel_ships_them_and_exports_them(tmp_path: Path) -> None:
         for relative in (rel for paths in SHIPPED.values() for rel in paths):
             member = f"runtime/{PACKAGE_DIR}/{relative}"
             assert archive.read(member) == (ROOT / relative).read_bytes(), member
+        (metadata,) = (n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        urls = [line for line in archive.read(metadata).decode().splitlines()
+                if line.startswith("Project-URL: ")]  # fmt: skip
+        assert any(line.startswith("Project-URL: Documentation, https://") for line in urls), urls
         archive.extractall(tmp_path / "installed")
     # Run the wheel's own code, from a folder with no checkout above it.
     elsewhere = tmp_path / "elsewhere"
