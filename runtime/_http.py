@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import http.server
 import socket
+import socketserver
 import sys
 from time import monotonic, perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,22 @@ class _CountingWriter:
         return getattr(self._raw, name)
 
 
+class _CountingSocketWriter(socketserver._SocketWriter):  # type: ignore[name-defined,misc]
+    """``http.server``'s own unbuffered ``wfile`` (``socketserver._SocketWriter``), counting:
+    one Python call per write, where a wrapper around it would make two."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(sock)
+        self.count = 0
+
+    def write(self, b: Any) -> int:
+        self._sock.sendall(b)
+        with memoryview(b) as view:
+            n: int = view.nbytes
+        self.count += n
+        return n
+
+
 class HttpConnection:
     """One HTTP connection's state while its handler runs: the request in progress."""
 
@@ -104,7 +121,7 @@ class HttpConnection:
         self.handler = handler
         self.record = record
         self.op: Operation | None = None
-        self.writer: _CountingWriter | None = None
+        self.writer: _CountingWriter | _CountingSocketWriter | None = None
         self.names: tuple[str, ...] = ()
 
     def written(self) -> int:
@@ -244,7 +261,9 @@ def install(
     def timed_setup() -> None:
         setup()
         wfile = getattr(handler, "wfile", None)
-        if wfile is not None and not isinstance(wfile, _CountingWriter):
+        if wfile is not None and type(wfile) is socketserver._SocketWriter:  # type: ignore[attr-defined]
+            conn.writer = handler.wfile = _CountingSocketWriter(wfile._sock)
+        elif wfile is not None and not isinstance(wfile, (_CountingWriter, _CountingSocketWriter)):
             conn.writer = _CountingWriter(wfile)
             handler.wfile = conn.writer
 

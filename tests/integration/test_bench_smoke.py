@@ -64,3 +64,19 @@ def test_smoke_measures_stdlib_and_the_runtime_variants(tmp_path: Path) -> None:
     # Each variant's ratio is against the standard library's server of the same round.
     assert all(s["baseline"] == "stdlib-threading" for s in summaries
                if s["server"] != "stdlib-threading"), report  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_http_overhead_reports_a_row_per_server() -> None:
+    """``bench/http_overhead.py`` serves every request of each row (a short run: the harness,
+    not the numbers)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "http_overhead.py"), "--requests", "300",
+         "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:]}
+    assert set(rows) == {"stdlib", "runtime-bare", "runtime-metrics", "runtime-metrics-1%",
+                         "runtime-traced"}, done.stdout  # fmt: skip
+    assert all(float(cells[0]) > 0 for cells in rows.values()), done.stdout
