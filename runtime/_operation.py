@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from time import perf_counter, time_ns
 from typing import TYPE_CHECKING, Any
 
-from ._record import Operation, bind, current_operation, current_request
+from ._record import Operation, bind, current_operation, current_request, span_values
 from ._request import early_end
 
 if TYPE_CHECKING:
@@ -115,8 +115,7 @@ def set_attributes(**attributes: Any) -> None:
     bind(**attributes)  # every line of the connection, its access line included
     span = record.span
     if span is not None and span.is_recording():
-        span.set_attributes({k: v if isinstance(v, (str, bool, int, float)) else str(v)
-                             for k, v in attributes.items()})  # fmt: skip
+        span.set_attributes(span_values(attributes))
 
 
 @contextlib.contextmanager

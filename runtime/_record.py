@@ -9,6 +9,7 @@ A leaf: the core and telemetry both use it, it uses neither.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "bind",
     "current_operation",
     "current_request",
+    "span_values",
 ]
 
 #: (hook name, start, end) in ``time.perf_counter()`` seconds.
@@ -212,3 +214,12 @@ def bind(**fields: Any) -> None:
     if record.fields is None:
         record.fields = {}
     record.fields.update(fields)
+
+
+def span_values(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """*attributes* as a span takes them: str, bool, int and float as they are, the rest
+    as their ``str()`` (the application's values: ``runtime.set_attributes``)."""
+    return {
+        key: value if isinstance(value, (str, bool, int, float)) else str(value)
+        for key, value in attributes.items()
+    }

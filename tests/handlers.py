@@ -112,3 +112,18 @@ class SlowHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+
+class OkHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive: every GET is a 200 with the body ``ok``; no stderr lines."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass

@@ -17,7 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from .._record import Operation, RequestRecord
+from .._record import Operation, RequestRecord, span_values
 from .._version import __version__
 from ._forked import Capture, decode
 from .metrics import HTTP_METHODS as _HTTP_METHODS
@@ -210,11 +210,7 @@ class ServerTracing:
                 if op.body_out is not None:
                     span.set_attribute("http.response.body.size", op.body_out)
             if op.attributes:
-                for key, value in op.attributes.items():
-                    if isinstance(value, (str, bool, int, float)):
-                        span.set_attribute(key, value)
-                    else:
-                        span.set_attribute(key, str(value))
+                span.set_attributes(span_values(op.attributes))
             if op.ended:
                 span.set_attribute("socketserver.outcome", op.ended)
             if op.error_type:

@@ -8,7 +8,6 @@ malformed one or a late one closes the connection and is counted as rejected.
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import socket
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from handlers import OkHandler
 
 import runtime
 from runtime._proxy import V2_SIGNATURE, ProxyError, Trusted, read_header
@@ -196,23 +196,10 @@ def test_a_late_header_does_not_hold_up_the_others(
         idle.close()
 
 
-class Hello(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
 def test_http_request_spans_carry_the_real_client(
     proxied: Callable[..., Any], span_exporter: Any, wait_for: Any
 ) -> None:
-    server = proxied(Hello)
+    server = proxied(OkHandler)
     reply = _talk(
         server.server_address,
         v2("203.0.113.44", 4444) + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

@@ -9,7 +9,6 @@ never stops the accept loop. The span says which protocol and cipher were negoti
 from __future__ import annotations
 
 import datetime
-import http.server
 import io
 import json
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 import trustme
+from handlers import OkHandler
 
 import runtime
 
@@ -150,19 +150,9 @@ def test_a_silent_client_does_not_hold_up_the_others(
         silent.close()
 
 
-class Hello(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-
 @pytest.fixture
 def https(tls_server: Callable[..., Any], server_context: ssl.SSLContext) -> Iterator[Any]:
-    yield tls_server(server_context, Hello)
+    yield tls_server(server_context, OkHandler)
 
 
 def test_https_requests_say_https(
