@@ -367,9 +367,7 @@ class InstrumentedMixIn:
         try:
             with _ServerSelector() as selector:
                 more = list(self._rt_more)
-                selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
-                for sock in more:
-                    selector.register(sock, selectors.EVENT_READ, _MORE)
+                _watch_listeners(selector, self, more, True)
                 listening = True
                 selector.register(wake, selectors.EVENT_READ)
                 for fd in self._pool_loop_fds():  # e.g. forked children's report pipes
@@ -385,15 +383,11 @@ class InstrumentedMixIn:
                         now = monotonic()
                         if not backoff.paused or backoff.due(now):
                             if not listening:
-                                selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
-                                for sock in more:
-                                    selector.register(sock, selectors.EVENT_READ, _MORE)
+                                _watch_listeners(selector, self, more, True)
                                 listening = True
                         else:
                             if listening:
-                                selector.unregister(self)  # type: ignore[arg-type]
-                                for sock in more:
-                                    selector.unregister(sock)
+                                _watch_listeners(selector, self, more, False)
                                 listening = False
                             timeout = _sooner(timeout, backoff.until - now)
                     if gate is not None and len(gate):
@@ -1321,6 +1315,17 @@ _plain_dgram: dict[type, bool] = {}
 
 if TYPE_CHECKING:  # the mix-in is the interface (mypy checks it here)
     _IMPLEMENTS: type[ServedServer] = InstrumentedMixIn
+
+
+def _watch_listeners(
+    selector: selectors.BaseSelector, server: Any, more: list[_Socket], on: bool
+) -> None:
+    """Watch (or stop watching) the server's listener and the added ones, marked ``_MORE``."""
+    for fileobj, mark in ((server, None), *((sock, _MORE) for sock in more)):
+        if on:
+            selector.register(fileobj, selectors.EVENT_READ, mark)
+        else:
+            selector.unregister(fileobj)
 
 
 def _operation_fields(label: str | None, op: Operation, end: float) -> dict[str, Any]:

@@ -134,6 +134,13 @@ def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
     return sock
 
 
+def echo_line(address: tuple[Any, ...], line: bytes) -> bytes:
+    """Send *line* on a new connection and return the first line that comes back."""
+    with socket.create_connection(address[:2], timeout=10) as sock:
+        sock.sendall(line)
+        return sock.makefile("rb").readline()
+
+
 def refused(address: tuple[str, int]) -> bool:
     try:
         socket.create_connection(address, timeout=1).close()

@@ -120,6 +120,21 @@ def _wait_serving(engine: Engine, name: str, app: int) -> None:
     poll(serving, 60, "the echo port through the engine")
 
 
+def _run_serving(engine: Engine, name: str, *run_args: str) -> tuple[int, int, bytes]:
+    """``docker run`` with both ports published on 127.0.0.1, until it serves: the app and
+    admin ports, and ``/metrics`` once a request was counted (``/readyz`` was 200)."""
+    engine.run(
+        "run", "--detach", "--name", name,
+        "--publish", f"127.0.0.1::{APP_PORT}", "--publish", f"127.0.0.1::{ADMIN_PORT}", *run_args,
+    )  # fmt: skip
+    app, admin = engine.host_port(name, APP_PORT), engine.host_port(name, ADMIN_PORT)
+    _wait_serving(engine, name, app)
+    assert _get(f"http://127.0.0.1:{admin}/readyz") == 200
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read()
+    assert b'socketserver_requests_total{outcome="ok",server="echo"' in metrics
+    return app, admin, metrics
+
+
 def _stop_and_watch_drain(engine: Engine, name: str, app: int, admin: int, *stop: str) -> float:
     """``docker stop``: while it runs, /readyz fails, /livez holds, the app still serves; the
     seconds the stop took."""
@@ -165,16 +180,7 @@ def test_image_serves_turns_healthy_as_uid_10001_and_drains_on_docker_stop(
     engine: Engine, image: str
 ) -> None:
     name = "ssr-plain"
-    engine.run(
-        "run", "--detach", "--name", name,
-        "--publish", f"127.0.0.1::{APP_PORT}", "--publish", f"127.0.0.1::{ADMIN_PORT}", image,
-    )  # fmt: skip
-    app, admin = engine.host_port(name, APP_PORT), engine.host_port(name, ADMIN_PORT)
-
-    _wait_serving(engine, name, app)
-    assert _get(f"http://127.0.0.1:{admin}/readyz") == 200
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read()
-    assert b'socketserver_requests_total{outcome="ok",server="echo"' in metrics
+    app, admin, _ = _run_serving(engine, name, image)
 
     # The process as the kernel sees it from the host: uid and gid 10001, every one of them.
     uids, gids = _uids(int(_state(engine, name)["Pid"]))
@@ -258,16 +264,7 @@ def test_image_runs_as_the_kubernetes_manifests_run_it(
     assert "--read-only" in flags and "ALL" in flags, flags  # what this test is about
     name = "ssr-k8s-" + ("prefork" if extra_env else "thread")
     env_flags = [arg for k, v in extra_env.items() for arg in ("--env", f"{k}={v}")]
-    engine.run(
-        "run", "--detach", "--name", name, *flags, *env_flags,
-        "--publish", f"127.0.0.1::{APP_PORT}", "--publish", f"127.0.0.1::{ADMIN_PORT}",
-        image, *command,
-    )  # fmt: skip
-    app, admin = engine.host_port(name, APP_PORT), engine.host_port(name, ADMIN_PORT)
-    _wait_serving(engine, name, app)
-    assert _get(f"http://127.0.0.1:{admin}/readyz") == 200
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read()
-    assert b'socketserver_requests_total{outcome="ok",server="echo"' in metrics
+    app, admin, metrics = _run_serving(engine, name, *flags, *env_flags, image, *command)
     if extra_env:  # pre-fork: the workers' metric files, merged by the supervisor's /metrics
         assert b"socketserver_worker_processes" in metrics, metrics[:2000]
 

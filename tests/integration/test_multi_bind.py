@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from _proc import ROOT, RuntimeProcess, env, poll, refused
+from _proc import ROOT, RuntimeProcess, echo_line, env, poll, refused
 
 import runtime
 
@@ -25,12 +25,6 @@ MODES = {
 }
 
 
-def _echo(address: tuple[str, int], line: bytes) -> bytes:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(line)
-        return sock.makefile("rb").readline()
-
-
 @pytest.mark.parametrize("mode", list(MODES.values()), ids=list(MODES))
 def test_every_address_is_served_then_drained(mode: list[str]) -> None:
     proc = RuntimeProcess(
@@ -42,7 +36,7 @@ def test_every_address_is_served_then_drained(mode: list[str]) -> None:
         assert proc.address == addresses[0]
         for _ in range(3):  # in pre-fork, whichever worker wins takes it, on either address
             for address in addresses:
-                assert _echo(address, b"to %d\n" % address[1]) == b"to %d\n" % address[1]
+                assert echo_line(address, b"to %d\n" % address[1]) == b"to %d\n" % address[1]
         poll(
             lambda: proc.metric("socketserver_requests_total", outcome="ok") == 6,
             10, "6 requests counted, 3 on each address",
@@ -50,7 +44,7 @@ def test_every_address_is_served_then_drained(mode: list[str]) -> None:
         proc.signal(signal.SIGTERM)
         poll(lambda: proc.get("/readyz")[0] == 503, 5, "/readyz 503 after SIGTERM")
         for address in addresses:  # the drain delay: both still serve
-            assert _echo(address, b"draining\n") == b"draining\n"
+            assert echo_line(address, b"draining\n") == b"draining\n"
         code, err = proc.wait()
         assert code == 0, err
         for address in addresses:
@@ -66,7 +60,7 @@ def test_the_variable_lists_addresses_with_commas() -> None:
     try:
         assert len(proc.addresses) == 2, proc.addresses
         for address in proc.addresses:
-            assert _echo(address, b"env\n") == b"env\n"
+            assert echo_line(address, b"env\n") == b"env\n"
     finally:
         proc.signal(signal.SIGTERM)
         code, err = proc.wait()
@@ -92,8 +86,8 @@ def test_ipv4_and_ipv6_on_one_port_number() -> None:
     )
     try:
         assert [a[1] for a in proc.addresses] == [port, port], proc.addresses
-        assert _echo(("::1", port), b"six\n") == b"six\n"
-        assert _echo(("127.0.0.1", port), b"four\n") == b"four\n"
+        assert echo_line(("::1", port), b"six\n") == b"six\n"
+        assert echo_line(("127.0.0.1", port), b"four\n") == b"four\n"
     finally:
         proc.signal(signal.SIGTERM)
         code, err = proc.wait()
@@ -193,8 +187,8 @@ def test_serve_forever_accepts_on_an_added_listener() -> None:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
-        assert _echo(extra.getsockname(), b"added\n") == b"added\n"
-        assert _echo(server.server_address, b"own\n") == b"own\n"
+        assert echo_line(extra.getsockname(), b"added\n") == b"added\n"
+        assert echo_line(server.server_address, b"own\n") == b"own\n"
     finally:
         server.shutdown()
         thread.join(10)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _proc import ROOT, env
+from _proc import ROOT, echo_line, env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,12 +32,6 @@ def _start(args: list[str], fds: tuple[int, ...] = (), **extra: str) -> subproce
         args, cwd=ROOT, env={**env(), **extra}, pass_fds=fds,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-def _echo(address: tuple[str, int], line: bytes) -> bytes:
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(line)
-        return sock.makefile("rb").readline()
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -68,7 +62,7 @@ def test_an_inherited_listener_is_served(listener: socket.socket, mode: list[str
         port = listener.getsockname()[1]
         assert first.strip() == f"serving echo on tcp://127.0.0.1:{port} (inherited, fd://{fd})"
         for i in range(4):  # the pre-fork workers share it too
-            assert _echo(("127.0.0.1", port), b"line %d\n" % i) == b"line %d\n" % i
+            assert echo_line(("127.0.0.1", port), b"line %d\n" % i) == b"line %d\n" % i
     finally:
         code, err = _stop(proc)
     assert code == 0, err
@@ -89,7 +83,7 @@ def test_systemd_listen_fds(listener: socket.socket) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip().endswith(f":{port} (inherited, fd://3)")
-        assert _echo(("127.0.0.1", port), b"activated\n") == b"activated\n"
+        assert echo_line(("127.0.0.1", port), b"activated\n") == b"activated\n"
     finally:
         code, err = _stop(proc)
     assert code == 0, err
@@ -138,7 +132,7 @@ def test_systemd_passes_two_sockets(two_listeners: tuple[socket.socket, socket.s
             f"tcp://127.0.0.1:{ports[1]} (inherited, fd://4)"
         ), line
         for port in ports:
-            assert _echo(("127.0.0.1", port), b"activated\n") == b"activated\n"
+            assert echo_line(("127.0.0.1", port), b"activated\n") == b"activated\n"
     finally:
         code, err = _stop(proc)
     assert code == 0, err
