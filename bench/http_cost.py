@@ -12,6 +12,8 @@ reply checked by ``wrk_check.lua``):
 - ``before``: ``runtime-http`` of another checkout (``--before``, e.g. a ``git worktree``
   of the commit before issue 13): the connection-level telemetry only
 - ``gunicorn-sync``: gunicorn's sync workers (2), as in ``make bench-suite``
+- ``stdlib-http-nodelay``: ``http.server`` as is (TCP_NODELAY set, as the runtime does):
+  the ceiling, what the same handler costs with no runtime at all
 
 Rounds interleave the servers, so a busy moment of the machine costs each the same.
 The report gives req/s (median of the rounds), the p99 latency, the CPU microseconds the
@@ -38,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_check.lua"
 SERVERS = (
     "runtime-http-metrics", "runtime-http", "runtime-http-traced", "runtime-http-access",
-    "gunicorn-sync",
+    "gunicorn-sync", "stdlib-http-nodelay",
 )  # fmt: skip
 SERVER_CPU, LOAD_CPU = 0, 1
 

@@ -114,26 +114,27 @@ class _CountingSocketWriter(socketserver._SocketWriter):  # type: ignore[name-de
 class HttpConnection:
     """One HTTP connection's state while its handler runs: the request in progress."""
 
-    __slots__ = ("handler", "names", "op", "record", "server", "writer")
+    __slots__ = ("access", "handler", "names", "op", "record", "server", "tel", "writer")
 
-    def __init__(self, server: ServedServer, handler: Any, record: RequestRecord) -> None:
+    def __init__(
+        self, server: ServedServer, handler: Any, record: RequestRecord, access: bool = True
+    ) -> None:
         self.server = server
         self.handler = handler
         self.record = record
+        self.access = access  # the runtime writes an access line per request
+        self.tel = server.server_telemetry  # the connection's, for each of its requests
         self.op: Operation | None = None
         self.writer: _CountingWriter | _CountingSocketWriter | None = None
         self.names: tuple[str, ...] = ()
-
-    def written(self) -> int:
-        return self.writer.count if self.writer is not None else 0
 
     def begin(self, start: float, wall_ns: int, parsed: bool) -> Operation:
         """The request whose line (and, if *parsed*, headers) the handler has read."""
         handler = self.handler
         op = Operation(self.record, "http", start, wall_ns)
         headers = handler.headers if parsed else None
-        path = getattr(handler, "path", "") or ""
-        op.path = path.partition("?")[0]
+        if getattr(handler, "command", None):  # else its path is the previous request's
+            op.path = (getattr(handler, "path", "") or "").partition("?")[0]
         version = getattr(handler, "request_version", "") or ""
         if version.startswith("HTTP/"):
             op.protocol = version[5:]
@@ -145,7 +146,7 @@ class HttpConnection:
         writer = self.writer
         op.bytes_out = writer.count if writer is not None else 0
         self.op = op
-        return _operation.begin(self.server, op, headers if headers is not None else {})
+        return _operation.begin(self.server, op, headers if headers is not None else {}, self.tel)
 
     def finish(self, exc: BaseException | None = None) -> None:
         """End the request in progress, if any (*exc*: what it raised)."""
@@ -153,11 +154,12 @@ class HttpConnection:
         if op is None:
             return
         self.op = None
-        count = self.written()
+        writer = self.writer
+        count = writer.count if writer is not None else 0
         if op.headers_out >= 0 and op.body_out is None:
             op.body_out = count - op.headers_out
         op.bytes_out = count - op.bytes_out  # began as the count at its start
-        _operation.end(self.server, op, exc)
+        _operation.end(self.server, op, exc, self.tel, self.access)
 
 
 def _content_length(headers: Any) -> int | None:
@@ -185,7 +187,7 @@ def install(
     *measure*: each request is an operation, False when nothing would report it: a
     drop-in without telemetry nor access lines keeps only the drain's wrappers)."""
     measure = measure or access
-    conn = HttpConnection(server, handler, record)
+    conn = HttpConnection(server, handler, record, access)
     attrs = handler.__dict__
     cls = type(handler)
     one_request = handler.handle_one_request
@@ -196,6 +198,7 @@ def install(
     setup = attrs.get("setup", handler.setup)
     replace_log = access and cls.log_request is _BASE.log_request
     structured = access and cls.log_message is _BASE.log_message
+    note_progress = server.note_progress
 
     def handle_one_request() -> None:
         record.idle_since = monotonic()
@@ -209,9 +212,10 @@ def install(
         finally:
             served = record.idle_since == 0.0
             record.idle_since = 0.0
-        conn.finish()
+        if conn.op is not None:
+            conn.finish()
         if served:
-            server.note_progress()
+            note_progress()
         # A response that went out without "Connection: close" (the drain began while it
         # was written) keeps its connection: the client may be sending on it already.
         # Its next response says close, or the drain ends it once idle.
@@ -256,7 +260,8 @@ def install(
         end_headers()
         op = conn.op
         if op is not None:
-            op.headers_out = conn.written()
+            writer = conn.writer
+            op.headers_out = writer.count if writer is not None else 0
 
     def timed_setup() -> None:
         setup()

@@ -25,48 +25,54 @@ from ._request import early_end
 
 if TYPE_CHECKING:
     from ._served import ServedServer
+    from .telemetry.api import ServerTelemetry
 
 __all__ = ["begin", "end", "operation", "set_attributes", "set_route"]
 
 
-def begin(server: ServedServer, op: Operation, carrier: Any = None) -> Operation:
+def begin(
+    server: ServedServer, op: Operation, carrier: Any = None, tel: ServerTelemetry | None = None
+) -> Operation:
     """Start *op* (made by the caller, its request fields set) and make it current.
 
     *carrier*: the request's headers, for the caller's trace context (None: the
-    operation's span is a child of the current span, the connection's).
+    operation's span is a child of the current span, the connection's).  *tel*: the
+    server's telemetry, when the caller holds it already.
     """
-    tel = server.server_telemetry
-    tel.operation_started(op, carrier)
-    op.token = (tel.enter(op), current_operation.set(op))
+    if tel is None:
+        tel = server.server_telemetry
+    op.token = (tel.operation_started(op, carrier), current_operation.set(op))
     return op
 
 
-def end(server: ServedServer, op: Operation, exc: BaseException | None = None) -> None:
+def end(
+    server: ServedServer,
+    op: Operation,
+    exc: BaseException | None = None,
+    tel: ServerTelemetry | None = None,
+    access: bool = True,
+) -> None:
     """Finish *op* (once): its outcome, metrics, span and access line.
 
     *exc*: what the operation raised, if anything: the server's error, unless the
     client left or a time limit ended it (then ``client_closed``/``timed_out``).
-    A 5xx status is the server's error too; a 4xx is the client's.
+    A 5xx status is the server's error too; a 4xx is the client's.  *tel*: as for
+    :func:`begin`; *access*: False when the caller knows no access line is written.
     """
     if op.token is None:
         return
     stop = perf_counter()
     tel_token, var_token = op.token
     op.token = None
-    if exc is not None and not op.error_type and not op.ended:
-        ended = early_end(exc, op.record.request)
-        if ended:
-            op.ended = ended
-        else:
-            op.error = exc
-            op.error_type = type(exc).__name__
-    if not op.error_type and not op.ended and op.status >= 500:
-        op.error_type = str(op.status)
-    tel = server.server_telemetry
+    if exc is not None or op.status >= 500:
+        _outcome(op, exc)
+    if tel is None:
+        tel = server.server_telemetry
     try:
         op.record.operations += 1
         tel.operation_finished(op, stop)
-        server.operation_finished(op, stop)  # its access line, while its span is current
+        if access:
+            server.operation_finished(op, stop)  # its access line, while its span is current
     finally:
         try:
             current_operation.reset(var_token)
@@ -78,6 +84,20 @@ def end(server: ServedServer, op: Operation, exc: BaseException | None = None) -
             except ValueError:
                 pass
         op.error = None  # its traceback holds the handler's frames
+
+
+def _outcome(op: Operation, exc: BaseException | None) -> None:
+    """*op*'s failure, if any: what it raised (unless the client left or a time limit
+    ended it), else a 5xx status."""
+    if exc is not None and not op.error_type and not op.ended:
+        ended = early_end(exc, op.record.request)
+        if ended:
+            op.ended = ended
+        else:
+            op.error = exc
+            op.error_type = type(exc).__name__
+    if not op.error_type and not op.ended and op.status >= 500:
+        op.error_type = str(op.status)
 
 
 def set_route(route: str) -> None:

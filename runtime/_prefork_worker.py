@@ -320,7 +320,7 @@ class _SlotBound:
         for name in (
             "activate", "deactivate", "hook", "rejected", "error", "queue_wait", "child_reaped",
             "request_slow", "request_timed_out", "datagram_truncated", "state_changed", "flush",
-            "child_begin", "child_end", "child_merge", "operation_started", "enter",
+            "child_begin", "child_end", "child_merge", "operation_started",
             "operation_finished", "operation_observed",
         ):  # fmt: skip
             setattr(self, name, getattr(bound, name))

@@ -425,11 +425,8 @@ class _ChildTelemetry(NullTelemetry):
         return self._parent.activate(record)
 
     # Operations: their spans are made (and captured) here, their metrics in the parent.
-    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
-        self._parent.operation_started(op, carrier, count=False)
-
-    def enter(self, op: Operation) -> object:
-        return self._parent.enter(op)
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> object:
+        return self._parent.operation_started(op, carrier, count=False)
 
     def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:
         self._parent.operation_finished(op, end, count=False)

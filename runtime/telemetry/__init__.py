@@ -111,17 +111,18 @@ class _Bound:
         if tracing is not None:
             self.activate = tracing.activate  # type: ignore[method-assign]
             self.deactivate = tracing.deactivate  # type: ignore[method-assign]
-            self.enter = tracing.enter  # type: ignore[method-assign]
+        else:  # metrics only: once per HTTP request, so no layer more than needed
+            self.operation_started = metrics.operation_started  # type: ignore[method-assign]
 
-    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> object:
         """*count* False: the span only (a forked child; its parent counts the summary)."""
         if count:
-            self._metrics.operation_started(op)
-        if self._tracing is not None:
-            self._tracing.operation_started(op, carrier)
-
-    def enter(self, op: Operation) -> object:
-        return None
+            self._metrics.operation_started(op, carrier)
+        tracing = self._tracing
+        if tracing is None:
+            return None
+        tracing.operation_started(op, carrier)
+        return tracing.enter(op)
 
     def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:
         if self._tracing is not None:

@@ -48,14 +48,11 @@ class ServerTelemetry(Protocol):
     def request_finished(self, record: RequestRecord, end: float) -> None: ...
 
     # Operations inside a connection: HTTP requests, operations handlers mark.
-    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
-        """*op* began: its span (parent from *carrier*'s headers, or the current context).
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> object:
+        """*op* began: its span (parent from *carrier*'s headers, or the current context),
+        made current; return a token for :meth:`deactivate` (None: nothing was made current).
 
         *count* False: the span only (a forked child: its parent counts the summary)."""
-        ...
-
-    def enter(self, op: Operation) -> object:
-        """Make the operation's span current; return a token for :meth:`deactivate`."""
         ...
 
     def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None: ...
@@ -113,10 +110,7 @@ class NullTelemetry:
     def request_finished(self, record: RequestRecord, end: float) -> None:
         pass
 
-    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> None:
-        pass
-
-    def enter(self, op: Operation) -> object:
+    def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> object:
         return None
 
     def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:

@@ -273,17 +273,22 @@ class ServerMetrics:
         self._requests[outcome].inc()
         self._durations[outcome].observe(seconds, record.exemplar)
 
-    def _active_gauge(self, method: str) -> Any:
-        gauge = self._active.get(method)
-        if gauge is None:
-            family = self._m.http_families()[3]
-            gauge = self._active[method] = family.labels(self._server, method)
-        return gauge
+    def _active_gauge(self, label: str) -> Any:
+        """The active gauge's child for the method *label* (a standard method, or _OTHER)."""
+        return self._m.http_families()[3].labels(self._server, label)
 
-    def operation_started(self, op: Operation) -> None:
-        if op.kind == "http":
-            method = op.method if op.method in HTTP_METHODS else "_OTHER"
-            self._active_gauge(method).inc()
+    def operation_started(self, op: Operation, carrier: Any = None, *, count: bool = True) -> None:
+        """*op* began: into the active gauge (an HTTP request).  The signature is the
+        telemetry's (:meth:`ServerTelemetry.operation_started`), which is this one when
+        nothing traces; *carrier* is for spans."""
+        if count and op.kind == "http":
+            method = op.method
+            gauge = self._active.get(method)
+            if gauge is None:
+                gauge = self._active_gauge(method if method in HTTP_METHODS else "_OTHER")
+                if len(self._active) < _HTTP_CACHE:
+                    self._active[method] = gauge
+            gauge.inc()
 
     def operation_ended(self, op: Operation, seconds: float) -> None:
         """*op* finished: out of the active gauge, into the histograms."""
@@ -291,7 +296,10 @@ class ServerMetrics:
             self.observe_operation(op.summary(seconds))
             return
         method = op.method
-        self._active_gauge(method if method in HTTP_METHODS else "_OTHER").dec()
+        gauge = self._active.get(method)
+        if gauge is None:
+            gauge = self._active_gauge(method if method in HTTP_METHODS else "_OTHER")
+        gauge.dec()
         self._observe_http(
             method, op.status, op.route, op.error_type, seconds, op.body_in, op.body_out,
             op.exemplar,

@@ -316,6 +316,31 @@ def test_one_access_line_per_request_and_none_on_stderr(
     assert error_line["level"] == "info" and error_line["server"] == "web"
 
 
+@pytest.mark.parametrize(
+    ("bad", "status"),
+    [
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),  # refused before parsing
+        (b"GET /secret HTTP/9.9\r\n\r\n", 505),  # refused while parsing the line
+    ],
+)
+def test_a_refused_request_line_after_a_kept_alive_request_has_no_path(
+    http_server: Callable[..., Any], log_stream: io.StringIO, metric: Any, wait_for: Any,
+    bad: bytes, status: int,
+) -> None:  # fmt: skip
+    """The access line of a request http.server refuses before it knows the path has
+    none, not the previous request's on the same connection."""
+    server = http_server()
+    with socket.create_connection(server.server_address, timeout=10) as sock:
+        sock.sendall(b"GET /users/7 HTTP/1.1\r\nHost: x\r\n\r\n" + bad)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and f" {status} ".encode() in data
+    wait_for(lambda: metric("socketserver_requests_total") == 1)
+    access = lines(log_stream)
+    assert [(a["path"], a["status"]) for a in access] == [("/users/7", 200), ("", status)]
+
+
 def test_a_handler_that_silences_log_message_stays_silent(
     http_server: Callable[..., Any], log_stream: io.StringIO, capsys: Any, metric: Any,
     wait_for: Any,
