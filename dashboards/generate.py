@@ -434,6 +434,58 @@ def _http_row(layout: Layout) -> None:
     )  # fmt: skip
 
 
+#: Operations a handler marks (runtime.operation): the commands of a long-lived connection
+#: of another protocol than HTTP, one histogram with the operation's name and outcome.
+OPERATION_DURATION = "socketserver_operation_duration_seconds"
+
+
+def _operations(extra: str = "") -> str:
+    matchers = f"{SEL}, {extra}" if extra else SEL
+    return f"sum(rate({OPERATION_DURATION}_count{{{matchers}}}[{RATE}]))"
+
+
+def _operations_row(layout: Layout) -> None:
+    # As the requests' error ratio: client_closed and timed_out count neither way (an
+    # operation is never rejected, so the served ones are the decided ones).
+    errors = _operations('outcome="error"') + " / " + _operations(SERVED)
+    layout.row(
+        "Operations (marked commands)",
+        timeseries(
+            "Operations by outcome", "Operations per second by name and outcome: the "
+            "commands a handler of a long-lived connection marks with runtime.operation() "
+            "(a Redis-like GET or SET; each its own duration, span and access line), so a "
+            "connection that carries 10,000 commands is not one opaque request. Outcomes: ok; "
+            "error (the block raised: the server's fault); client_closed (the client left "
+            "mid-operation) and timed_out (the client's connection hit its time limit, "
+            "--connection-timeout, mid-operation), which are not the server's errors. Empty "
+            "for servers that mark no operations (HTTP requests are in the HTTP requests row, "
+            "not here).",
+            [target(f"sum by (operation, outcome) (rate({OPERATION_DURATION}_count{{{SEL}}}"
+                    f"[{RATE}]))", "{{operation}} {{outcome}}")], "ops", size=(12, 8),
+            stack=True),
+        timeseries(
+            "Operation error ratio", "Of the operations served (ok, error), the share whose "
+            "block raised (outcome=error), all operations together. client_closed and "
+            "timed_out operations count neither way, as for requests: clients that leave or "
+            "dawdle can neither raise nor dilute it. Which operation fails: 'Operations by "
+            "outcome'; the access lines (event=\"operation\") carry the error_type. Empty for "
+            "servers that mark no operations.",
+            [target(errors, "errors")], "percentunit", size=(12, 8), max_value=1,
+            overrides=colours({"errors": "red"})),
+        timeseries(
+            "Operation duration p99 by operation", "99th percentile of the duration of each "
+            "operation (the runtime.operation() block), every outcome. Dots are exemplars: "
+            "click one to open the operation's trace. Empty for servers that mark no "
+            "operations.",
+            quantiles(OPERATION_DURATION, "operation", "{{operation}}", (0.99,)), "s",
+            size=(12, 8)),
+        timeseries(
+            "Operation duration p50 by operation", "Median duration of each operation.",
+            quantiles(OPERATION_DURATION, "operation", "{{operation}}", (0.5,)), "s",
+            size=(12, 8)),
+    )  # fmt: skip
+
+
 def _faults_row(layout: Layout) -> None:
     early = (
         f'sum by (outcome) (rate(socketserver_requests_total{{{SEL}, outcome=~"client_closed|'
@@ -758,6 +810,7 @@ def overview() -> Json:
     layout = Layout()
     _red_row(layout)
     _http_row(layout)
+    _operations_row(layout)
     _faults_row(layout)
     _hooks_row(layout)
     _pool_row(layout)
@@ -767,8 +820,9 @@ def overview() -> Json:
     return {
         "uid": "socketserver-runtime-overview",
         "title": "socketserver-runtime / Overview",
-        "description": "Requests, HTTP requests, socketserver hooks, pool saturation, pre-fork "
-        "workers, lifecycle and process metrics of servers run by socketserver-runtime.",
+        "description": "Requests, HTTP requests, marked operations, socketserver hooks, pool "
+        "saturation, pre-fork workers, lifecycle and process metrics of servers run by "
+        "socketserver-runtime.",
         "tags": ["socketserver-runtime", "python"],
         "schemaVersion": 39,
         "version": 1,

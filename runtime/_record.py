@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 __all__ = [
+    "HTTP_METHODS",
     "HookTiming",
     "Operation",
     "OperationSummary",
@@ -23,6 +24,10 @@ __all__ = [
     "current_request",
     "span_values",
 ]
+
+#: The methods of RFC 9110 and RFC 5789 (PATCH), in a fixed order: any other is "_OTHER"
+#: (OpenTelemetry's rule for the method label).
+HTTP_METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
 
 #: (hook name, start, end) in ``time.perf_counter()`` seconds.
 HookTiming = tuple[str, float, float]

@@ -10,6 +10,7 @@ before the server class in the bases, and work best over
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import queue
@@ -23,7 +24,7 @@ from time import monotonic, perf_counter
 from typing import Any
 
 from ._net import accept_queue_length
-from ._record import Operation, RequestRecord
+from ._record import HTTP_METHODS, Operation, RequestRecord
 from .telemetry.api import NULL, NullTelemetry, ServerTelemetry
 
 __all__ = ["ForkingMixIn", "ThreadingMixIn", "WorkerPool"]
@@ -399,14 +400,68 @@ class ThreadingMixIn(socketserver.ThreadingMixIn):
 
 
 class _Child:
-    __slots__ = ("buffer", "hooks_before", "pid", "pipe", "record")
+    __slots__ = ("buffer", "hooks_before", "pid", "pipe", "record", "slot")
 
-    def __init__(self, pid: int, pipe: int, record: RequestRecord | None) -> None:
+    def __init__(self, pid: int, pipe: int, record: RequestRecord | None, slot: int) -> None:
         self.pid = pid
         self.pipe = pipe
         self.record = record
+        self.slot = slot
         self.hooks_before = len(record.hooks) if record is not None else 0
         self.buffer = bytearray()
+
+
+#: A slot's byte: 0 when its child serves no HTTP request, else 1 + the method's index
+#: here (the standard methods, then "_OTHER").
+_METHOD_LABELS = (*HTTP_METHODS, "_OTHER")
+_METHOD_CODES = {method: code for code, method in enumerate(_METHOD_LABELS, 1)}
+_OTHER_CODE = len(_METHOD_LABELS)
+
+
+class _ActiveSlots:
+    """Which HTTP request each forked child is serving now, for the parent's
+    ``http_server_active_requests``: one byte per child in memory the children share
+    with the parent (an anonymous shared mapping made before the first fork).  A child
+    writes its own byte as a request starts and ends (no system call, no message); the
+    parent reads them at scrape time and clears a child's when it reaps it."""
+
+    def __init__(self, size: int) -> None:
+        self._memory = mmap.mmap(-1, max(1, size))
+        self._free = list(range(len(self._memory) - 1, -1, -1))
+
+    def take(self) -> int:
+        """A free slot, cleared (-1 when every one is taken: that child is not counted)."""
+        if not self._free:
+            return -1
+        slot = self._free.pop()
+        self._memory[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot >= 0:
+            self._memory[slot] = 0  # a child killed mid-request serves nothing now
+            self._free.append(slot)
+
+    def mark(self, slot: int, method: str | None) -> None:
+        """In a child: its request in progress (*method*), or none (None)."""
+        if slot >= 0:
+            code = _METHOD_CODES.get(method, _OTHER_CODE) if method is not None else 0
+            self._memory[slot] = code
+
+    def counts(self, slots: list[int]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for slot in slots:
+            try:
+                code = self._memory[slot] if slot >= 0 else 0
+            except ValueError:  # closed by server_close meanwhile: nothing in progress
+                return {}
+            if code:
+                label = _METHOD_LABELS[code - 1]
+                counts[label] = counts.get(label, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        self._memory.close()
 
 
 class _ChildTelemetry(NullTelemetry):
@@ -416,21 +471,30 @@ class _ChildTelemetry(NullTelemetry):
     reports them, so no per-request telemetry state is created in children.
     """
 
-    def __init__(self, parent: ServerTelemetry) -> None:
+    def __init__(
+        self, parent: ServerTelemetry, slots: _ActiveSlots | None = None, slot: int = -1
+    ) -> None:
         self._parent = parent
+        self._slots = slots
+        self._slot = slot
         #: What the metrics take of each finished operation (HTTP request): for the parent.
         self.operations: list[Any] = []
 
     def activate(self, record: RequestRecord) -> object:
         return self._parent.activate(record)
 
-    # Operations: their spans are made (and captured) here, their metrics in the parent.
+    # Operations: their spans are made (and captured) here, their metrics in the parent
+    # (and an HTTP request in progress in the slot the parent reads).
     def operation_started(self, op: Operation, carrier: Any, *, count: bool = True) -> object:
+        if self._slots is not None and op.kind == "http":
+            self._slots.mark(self._slot, op.method)
         return self._parent.operation_started(op, carrier, count=False)
 
     def operation_finished(self, op: Operation, end: float, *, count: bool = True) -> None:
         self._parent.operation_finished(op, end, count=False)
         self.operations.append(op.summary(end - op.start))
+        if self._slots is not None and op.kind == "http":
+            self._slots.mark(self._slot, None)
 
     def deactivate(self, token: object) -> None:
         self._parent.deactivate(token)
@@ -453,6 +517,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
     runtime_mode = "fork"
     _pool_children: dict[int, _Child] | None = None
     _pool_child_selector: selectors.BaseSelector | None = None
+    _pool_slots: _ActiveSlots | None = None
     _pool_slot_wait = 0.0  # monotonic() since when the loop waits for a free slot
 
     @property
@@ -487,7 +552,14 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 self._pool_slot_wait = 0.0
             _telemetry_of(self).queue_wait(perf_counter() - start)
         record = _record_of(self, request)
-        read_end, write_end = os.pipe()
+        if self._pool_slots is None:
+            self._pool_slots = _ActiveSlots(self.max_children)
+        slot = self._pool_slots.take()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            self._pool_slots.release(slot)
+            raise
         # The drain's signal must not reach a child before it can handle it (SIGUSR2
         # would end it): blocked across the fork, the child unblocks it once ready.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {_DRAIN_SIGNAL})
@@ -497,13 +569,14 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_end)
             os.close(write_end)
+            self._pool_slots.release(slot)
             raise
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(write_end)
             if record is not None:
                 record.pid = pid
-            children[pid] = _Child(pid, read_end, record)
+            children[pid] = _Child(pid, read_end, record, slot)
             assert self._pool_child_selector is not None
             self._pool_child_selector.register(read_end, selectors.EVENT_READ, pid)
             self.close_request(request)  # type: ignore[attr-defined]
@@ -511,7 +584,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         os.close(read_end)
         signal.signal(_DRAIN_SIGNAL, lambda _s, _f: self._pool_child_drains())
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self._pool_child_main(request, client_address, record, write_end)
+        self._pool_child_main(request, client_address, record, write_end, slot)
 
     def _pool_child_drains(self) -> None:
         """In a child, on the parent's drain signal: first "draining", then "close idle"."""
@@ -543,8 +616,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 pass
 
     def _pool_child_main(
-        self, request: Any, client_address: Any, record: RequestRecord | None, pipe: int
-    ) -> None:
+        self, request: Any, client_address: Any, record: RequestRecord | None, pipe: int,
+        slot: int,
+    ) -> None:  # fmt: skip
         # This must never return, hence os._exit().
         status = 1
         try:
@@ -561,7 +635,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 for sock in _listeners(self):
                     sock.close()
             in_child = getattr(self, "forked_child", None)
-            child_tel = _ChildTelemetry(parent_tel)
+            child_tel = _ChildTelemetry(parent_tel, self._pool_slots, slot)
             if in_child is not None:  # the loop's other connections are the parent's
                 in_child(child_tel)
             before = len(record.hooks) if record is not None else 0
@@ -634,6 +708,8 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             code = os.waitstatus_to_exitcode(wait_status)
         except ChildProcessError:
             code = 0
+        if self._pool_slots is not None:
+            self._pool_slots.release(child.slot)
         tel = _telemetry_of(self)
         status = "ok" if code == 0 else ("signal" if code < 0 else "error")
         tel.child_reaped(status)
@@ -683,6 +759,14 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         """The pids of the children still running."""
         return list(self._pool_children or ())
 
+    def http_requests_in_progress(self) -> dict[str, int]:
+        """HTTP requests the children are serving now, by method label (``GET``...,
+        ``_OTHER``): the parent's ``http_server_active_requests``."""
+        slots, children = self._pool_slots, self._pool_children
+        if slots is None or not children:
+            return {}
+        return slots.counts([child.slot for child in list(children.values())])
+
     def runtime_stats(self) -> dict[str, float]:
         stats: dict[str, float] = super().runtime_stats()  # type: ignore[misc]
         stats["workers_max"] = self.max_children
@@ -718,6 +802,9 @@ class ForkingMixIn(socketserver.ForkingMixIn):
         super().server_close()
         if self._pool_child_selector is not None and not self._pool_children:
             self._pool_child_selector.close()
+            if self._pool_slots is not None:
+                self._pool_slots.close()
+                self._pool_slots = None
             self._pool_child_selector = None
 
 

@@ -1,4 +1,5 @@
-"""Read the dashboards and Prometheus rules, and take PromQL apart, for the monitoring tests."""
+"""Read the dashboards and Prometheus rules, and take PromQL apart, for the monitoring tests;
+and what a client of ``handlers:CommandsHandler`` (marked operations) sends and gets."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import json
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,3 +168,23 @@ def family_of(series: str, families: set[str]) -> str | None:
 
 def promtool() -> str | None:
     return shutil.which("promtool")
+
+
+# -- marked operations -------------------------------------------------------------------
+
+
+#: One connection's commands to CommandsHandler, and the replies: five operations (SET,
+#: INCR, GET, SET, INCR), all ok but the last, an INCR of "x": the server's error.
+COMMANDS = b"SET n 1\nINCR n\nGET n\nSET s x\nINCR s\n"
+COMMAND_REPLIES = b"OK\n2\n2\nOK\nERR not an integer\n"
+
+
+def send_commands(address: tuple[str, int]) -> bytes:
+    """COMMANDS on one connection; every reply, once the server has closed it."""
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(COMMANDS)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)

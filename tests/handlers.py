@@ -9,6 +9,8 @@ import http.server
 import socketserver
 import time
 
+import runtime
+
 
 class HoldHandler(socketserver.StreamRequestHandler):
     """Acks a ``hold`` line at once, then answers ``done`` only after the client says ``go``.
@@ -127,3 +129,40 @@ class OkHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+
+class CommandsHandler(socketserver.StreamRequestHandler):
+    """A Redis-like line protocol that marks each command with ``runtime.operation()``.
+
+    ``SET key value``, ``GET key``, ``INCR key`` on the connection's own keys, one reply
+    line each, as many commands as the client sends. INCR of a value that is not an
+    integer raises inside the operation (its outcome: error) and answers ``ERR ...``; the
+    connection goes on, as a real server's would.
+    """
+
+    def handle(self) -> None:
+        store: dict[str, str] = {}
+        for line in self.rfile:
+            command, _, args = line.decode().strip().partition(" ")
+            key, _, value = args.partition(" ")
+            try:
+                with runtime.operation(command, key=key):
+                    reply = _command(store, command, key, value)
+            except ValueError as exc:
+                reply = f"ERR {exc}"
+            self.wfile.write(reply.encode() + b"\n")
+
+
+def _command(store: dict[str, str], command: str, key: str, value: str) -> str:
+    if command == "SET":
+        store[key] = value
+        return "OK"
+    if command == "GET":
+        return store.get(key, "")
+    if command == "INCR":
+        current = store.get(key, "0")
+        if not current.lstrip("-").isdigit():
+            raise ValueError("not an integer")
+        store[key] = str(int(current) + 1)
+        return store[key]
+    raise ValueError(f"unknown command {command!r}")

@@ -9,6 +9,7 @@ hot path never touches them.
 
 from __future__ import annotations
 
+import http.server
 import platform
 import threading
 import weakref
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .. import _record
 from .._record import Operation, OperationSummary, RequestRecord
 from .._version import __version__
 from .histogram import FastHistogram
@@ -56,10 +58,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 #: error_type values kept per server before further classes count as "other".
 MAX_ERROR_TYPES = 50
-#: The methods of RFC 9110 and RFC 5789 (PATCH): any other is "_OTHER" (OpenTelemetry's rule).
-HTTP_METHODS = frozenset(
-    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
-)
+#: The standard HTTP methods: any other is "_OTHER" (OpenTelemetry's rule).
+HTTP_METHODS = frozenset(_record.HTTP_METHODS)
 #: Body sizes: from nothing to 100 MB.
 SIZE_BUCKETS = (0, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 #: Distinct routes (and operation names) kept per server before others count as "_OTHER":
@@ -137,7 +137,8 @@ class Metrics:
         self._histogram, self._buckets = histogram, b
         self._families_lock = threading.Lock()
         self._http: tuple[Any, Any, Any, Any] | None = None
-        self._worker = worker
+        self._active_sources: list[tuple[str, Any]] = []  # added to the active gauge
+        self.worker = worker
         self._operations: Any = None
         # Process-wide, no server label: the log stream and span queue are the process's.
         self.dropped = Counter(
@@ -191,7 +192,7 @@ class Metrics:
                     _SIZE_LABELS, buckets=SIZE_BUCKETS, registry=reg,
                 )  # fmt: skip
                 active: Any
-                if self._worker:  # pre-fork: a gauge in the multiprocess files, summed live
+                if self.worker:  # pre-fork: a gauge in the multiprocess files, summed live
                     active = Gauge(
                         "http_server_active_requests", "HTTP server requests in progress.",
                         ("server", "http_request_method"), registry=reg,
@@ -200,7 +201,28 @@ class Metrics:
                 else:  # per-thread counts, added up at scrape time: no lock per request
                     active = ActiveRequests(reg)
                 self._http = (duration, request_size, response_size, active)
+        self._attach_sources()
         return self._http
+
+    def add_active_source(self, server: str, source: Any, now: bool) -> None:
+        """Count *source*'s HTTP requests in progress (see :meth:`ActiveRequests.add_source`)
+        in ``http_server_active_requests``; *now*: register the HTTP families now (the
+        server speaks HTTP), not at its first finished request."""
+        with self._families_lock:
+            self._active_sources.append((server, source))
+        if now:
+            self.http_families()
+        elif self._http is not None:
+            self._attach_sources()
+
+    def _attach_sources(self) -> None:
+        assert self._http is not None
+        active = self._http[3]
+        with self._families_lock:
+            pending, self._active_sources = self._active_sources, []
+        if isinstance(active, ActiveRequests):  # a pre-fork worker forks no children
+            for server, source in pending:
+                active.add_source(server, source)
 
     def http_collect(self) -> Iterable[Any]:
         """The HTTP duration histogram's families (none before the first HTTP request)."""
@@ -230,6 +252,14 @@ def build_info(registry: CollectorRegistry, prefix: str) -> None:
     gauge.labels(__version__, platform.python_version()).set(1)
 
 
+def _serves_http(server: Any) -> bool:
+    """Whether *server*'s handler class (or the class a ``functools.partial`` makes) is an
+    ``http.server`` handler."""
+    cls = getattr(server, "RequestHandlerClass", None)
+    cls = getattr(cls, "func", cls)
+    return isinstance(cls, type) and issubclass(cls, http.server.BaseHTTPRequestHandler)
+
+
 def http_method(method: str) -> str:
     """The method as a label: a standard one as is, anything else ``_OTHER``."""
     return method if method in HTTP_METHODS else "_OTHER"
@@ -257,6 +287,9 @@ class ServerMetrics:
         self._active: dict[str, Any] = {}
         self._routes: set[str] = set()
         self._ops: dict[tuple[str, str], Any] = {}
+        in_progress = getattr(server, "http_requests_in_progress", None)
+        if in_progress is not None:  # fork mode: the requests its children serve
+            metrics.add_active_source(self._server, in_progress, _serves_http(server))
         if metrics.lifecycle_state is not None:
             for state in STATES:
                 metrics.lifecycle_state.labels(*labels, state).set(0)
@@ -450,12 +483,19 @@ class ActiveRequests(Collector):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._children: dict[tuple[str, str], _Count] = {}
+        self._sources: list[tuple[str, weakref.WeakMethod[Any]]] = []
         self._lock = threading.Lock()
         registry.register(self)
 
     def labels(self, server: str, method: str) -> _Count:
         with self._lock:
             return self._children.setdefault((server, method), _Count())
+
+    def add_source(self, server: str, source: Any) -> None:
+        """Add *source*'s counts (a bound method returning {method label: requests in
+        progress}: a fork-mode server's children) to *server*'s, at each scrape."""
+        with self._lock:
+            self._sources.append((server, weakref.WeakMethod(source)))
 
     def describe(self) -> Iterable[Any]:
         return [self._family()]
@@ -470,8 +510,15 @@ class ActiveRequests(Collector):
         family = self._family()
         with self._lock:
             children = list(self._children.items())
-        for labels, count in children:
-            family.add_metric(list(labels), count.value())
+            self._sources = [(server, ref) for server, ref in self._sources if ref() is not None]
+            sources = list(self._sources)
+        values = {labels: float(count.value()) for labels, count in children}
+        for server, ref in sources:
+            source = ref()
+            for method, count in (source() if source is not None else {}).items():
+                values[(server, method)] = values.get((server, method), 0.0) + count
+        for labels, value in values.items():
+            family.add_metric(list(labels), value)
         return [family]
 
 

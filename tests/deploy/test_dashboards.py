@@ -2,7 +2,9 @@
 
 No Prometheus here (tests/integration/test_prometheus_integration.py runs every query for real); the
 metric names come from the /metrics page of a real demo server in thread, fork and pre-fork
-mode, and of the HTTP demo (http_hello) once it has served a request to each of its paths.
+mode, of the HTTP demo (http_hello) once it has served a request to each of its paths, and of
+a handler that marks operations (tests/handlers.py's CommandsHandler) once it has served
+some, one failing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from _monitoring import (
+    COMMAND_REPLIES,
     DASHBOARDS,
     DATASOURCE,
     SYNTHETIC,
@@ -29,6 +32,7 @@ from _monitoring import (
     panels,
     rules,
     selectors,
+    send_commands,
     variable_query,
     variables,
 )
@@ -66,12 +70,26 @@ def http_traffic(server: RuntimeProcess) -> None:
          timeout=10, what="HTTP requests counted")  # fmt: skip
 
 
+def command_traffic(server: RuntimeProcess) -> None:
+    """One connection of commands (operations, one failing), and wait until they are counted."""
+    assert send_commands(server.address) == COMMAND_REPLIES
+    count = "socketserver_operation_duration_seconds_count"
+
+    def counted() -> bool:  # four ok, one error (counted once each operation has ended)
+        ok, error = server.metric(count, outcome="ok"), server.metric(count, outcome="error")
+        return ok >= 4 and error >= 1
+
+    poll(counted, timeout=10, what="operations counted")
+
+
 @pytest.fixture(scope="module")
 def pages() -> Iterator[list[str]]:
     """The demo's /metrics in thread, fork and pre-fork mode (the supervisor's own families),
-    and the HTTP demo's after one request to each of its paths (the http_server_* samples)."""
+    the HTTP demo's after one request to each of its paths (the http_server_* samples), and
+    the commands handler's after some operations (socketserver_operation_duration_seconds)."""
     texts = []
-    runs = [("echo", "thread"), ("echo", "fork"), ("echo", "prefork"), ("http_hello", "thread")]
+    runs = [("echo", "thread"), ("echo", "fork"), ("echo", "prefork"), ("http_hello", "thread"),
+            ("handlers:CommandsHandler", "thread")]  # fmt: skip
     for handler, mode in runs:
         extra = ("--workers", "1") if mode == "prefork" else ()
         server = RuntimeProcess(handler, "--mode", mode, *extra, "--drain-delay", "0")
@@ -80,6 +98,8 @@ def pages() -> Iterator[list[str]]:
             poll(server.ready, timeout=15, what=f"{handler} {mode} server ready")
             if handler == "http_hello":
                 http_traffic(server)
+            elif handler == "handlers:CommandsHandler":
+                command_traffic(server)
             status, _, text = server.get("/metrics")
             assert status == 200
             server.signal(signal.SIGTERM)  # the supervisor takes its workers down with it
@@ -215,7 +235,9 @@ def test_layout_has_unique_ids_and_no_overlap(name: str) -> None:
                 assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
                 cells[(x, y)] = panel["title"]
     rows = [p["title"] for p in items if p["type"] == "row"]
-    for wanted in ("Requests", "HTTP", "hooks", "Pool", "Pre-fork", "Lifecycle", "Process"):
+    wanted_rows = ("Requests", "HTTP", "Operations", "hooks", "Pool", "Pre-fork", "Lifecycle",
+                   "Process")  # fmt: skip
+    for wanted in wanted_rows:
         assert any(wanted in row for row in rows), f"no row about {wanted}: {rows}"
 
 
@@ -225,6 +247,7 @@ def test_every_query_filters_by_server_and_instance(server_labelled: dict[str, b
     there would select nothing once a server is chosen."""
     assert server_labelled["socketserver_requests_total"]
     assert server_labelled["http_server_request_duration_seconds_count"]
+    assert server_labelled["socketserver_operation_duration_seconds_count"]
     assert not server_labelled["socketserver_worker_restarts_total"]
     for query in all_queries():
         found = selectors(query.expr)
@@ -329,7 +352,7 @@ def test_outcomes_are_real_and_apart_and_only_error_is_an_error() -> None:
         assert set(colours) == set(OUTCOMES), panel["title"]
         assert len(set(colours.values())) == len(OUTCOMES), f"{panel['title']}: {colours}"
     ratios = [q for q in queries if q.target.get("legendFormat") == "errors"]
-    assert len(ratios) >= 2  # the stat and the ratio panel
+    assert len(ratios) >= 3  # the stat, the ratio panel, the operations' ratio
     for query in ratios:
         numerator, denominator = query.expr.split(" / ")
         assert _outcomes(numerator) == {"error"}, query

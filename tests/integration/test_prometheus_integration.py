@@ -4,19 +4,21 @@ Three demo servers named "echo" (three instances of one service): one in thread 
 a single worker and the reject policy (so requests get rejected) and a 6 s drain delay, one
 in fork mode (so the fork-only series exist), one in pre-fork mode with two sync workers
 (so the supervisor's socketserver_worker_* series exist). A fourth, the HTTP demo
-"http_hello" (thread mode), has the per-HTTP-request http_server_* families. All trace
+"http_hello" (thread mode), has the per-HTTP-request http_server_* families; a fifth,
+"commands" (thread mode, tests/handlers.py's CommandsHandler), marks each command of its
+connections with runtime.operation() (socketserver_operation_duration_seconds). All trace
 (exemplars: thread and fork). A real Prometheus (scrape and rule evaluation every second,
 exemplar storage on) scrapes their admin ports and evaluates deploy/prometheus/rules.yml.
 One pre-fork worker is held by an open connection throughout (a sync worker does not beat
 meanwhile); the other is killed with SIGKILL three times once Prometheus has scraped (each
 replaced: restarts). Traffic: ok requests, handler errors, overload rejections, HTTP
-requests answered 200, 404 and 500, then SIGTERM to the thread server and its drain. Then
-EVERY dashboard query (template variables substituted as Grafana would, both servers
-selected) and EVERY recording rule must evaluate without error and return at least one
-finite sample; the template-variable queries must list every server and instance; exemplars
-must reach Prometheus; every rule must evaluate healthy; six alerts must go pending or fire
-on the real series (error ratio, HTTP error ratio, drain, target down, worker restarts, hung
-worker).
+requests answered 200, 404 and 500, operations ok and failed (an INCR that raises), then
+SIGTERM to the thread server and its drain. Then EVERY dashboard query (template variables
+substituted as Grafana would, every server selected) and EVERY recording rule must
+evaluate without error and return at least one finite sample; the template-variable queries
+must list every server and instance; exemplars must reach Prometheus; every rule must
+evaluate healthy; six alerts must go pending or fire on the real series (error ratio, HTTP
+error ratio, drain, target down, worker restarts, hung worker).
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ import psutil
 import pytest
 import yaml
 from _monitoring import (
+    COMMAND_REPLIES,
     PROMETHEUS,
     RULES,
     all_queries,
     dashboards,
     rules,
+    send_commands,
     substitute,
     variable_query,
     variables,
@@ -76,8 +80,8 @@ HUNG_AFTER = 10.0
 
 @dataclass
 class Server:
-    """``python -m runtime HANDLER`` (echo, or http_hello) with stdout in a file (console
-    traces go there)."""
+    """``python -m runtime HANDLER`` (echo, http_hello, or a module:Class) with stdout in a
+    file (console traces go there)."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -253,14 +257,17 @@ def request(address: tuple[str, int], line: bytes) -> bytes:
 
 @dataclass
 class Traffic:
-    """Ok requests and handler errors to each echo server, and a GET of each HTTP_PATHS to
-    each HTTP server, about 20 rounds a second."""
+    """Ok requests and handler errors to each echo server, a GET of each HTTP_PATHS to
+    each HTTP server, and one connection of COMMANDS (operations, one failing) to each
+    commands server, about 20 rounds a second."""
 
     servers: list[Server]
     http: list[Server] = field(default_factory=list)
+    commands: list[Server] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     replies: dict[bytes, int] = field(default_factory=dict)
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)  # path -> status -> n
+    command_replies: dict[bytes, int] = field(default_factory=dict)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -278,6 +285,12 @@ class Traffic:
                     counts = self.statuses.setdefault(path, {})
                     status = http_get(server.address, path)
                     counts[status] = counts.get(status, 0) + 1
+            for server in self.commands:
+                try:
+                    reply = send_commands(server.address)
+                except OSError as exc:  # the assertion on command_replies shows it
+                    reply = repr(exc).encode()
+                self.command_replies[reply] = self.command_replies.get(reply, 0) + 1
             self.stop.wait(0.05)  # pacing the load, not waiting for anything
 
 
@@ -337,7 +350,9 @@ def hold_worker(server: Server) -> socket.socket:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server, Server, Server]]:
+def stack(
+    tmp_path: Path,
+) -> Iterator[tuple[Prometheus, Server, Server, Server, Server, Server]]:
     started: list[Server] = []
     prometheus: Prometheus | None = None
     try:
@@ -369,9 +384,14 @@ def stack(tmp_path: Path) -> Iterator[tuple[Prometheus, Server, Server, Server, 
         http = Server.start(tmp_path, "http", "--mode", "thread", "--drain-delay", "0",
                             handler="http_hello")  # fmt: skip
         started.append(http)
-        admins = [thread.admin, fork.admin, prefork.admin, http.admin]
+        # Marked operations (socketserver_operation_duration_seconds), server "commands".
+        commands = Server.start(tmp_path, "commands", "--mode", "thread", "--drain-delay", "0",
+                                "--server-name", "commands",
+                                handler="handlers:CommandsHandler")  # fmt: skip
+        started.append(commands)
+        admins = [thread.admin, fork.admin, prefork.admin, http.admin, commands.admin]
         prometheus = start_prometheus(tmp_path, write_config(tmp_path, admins))
-        yield prometheus, thread, fork, prefork, http
+        yield prometheus, thread, fork, prefork, http, commands
     finally:
         if prometheus is not None:
             prometheus.proc.kill()
@@ -408,10 +428,10 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 
 def test_every_dashboard_query_and_recording_rule_returns_data(
-    stack: tuple[Prometheus, Server, Server, Server, Server],
+    stack: tuple[Prometheus, Server, Server, Server, Server, Server],
 ) -> None:
-    prometheus, thread, fork, prefork, http = stack
-    admins = sorted([thread.admin, fork.admin, prefork.admin, http.admin])
+    prometheus, thread, fork, prefork, http, commands = stack
+    admins = sorted([thread.admin, fork.admin, prefork.admin, http.admin, commands.admin])
     instances = f"({'|'.join(admins)})"
     started = time.time()
     # A pre-fork worker held from now on (the supervisor reports its heartbeat's age).
@@ -430,8 +450,9 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
     kill_workers(prefork, 3, holder)
 
     # 3. Traffic: ok, errors (every echo server), overload rejections (thread server), HTTP
-    # requests answered 200, 404 and 500 (the HTTP server).
-    traffic = Traffic([thread, fork, prefork], [http])
+    # requests answered 200, 404 and 500 (the HTTP server), operations ok and failed (the
+    # commands server).
+    traffic = Traffic([thread, fork, prefork], [http], [commands])
     driver = threading.Thread(target=traffic.run, name="traffic", daemon=True)
     driver.start()
     try:
@@ -448,6 +469,10 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
                  '"200|404|500"}) > 0) == 3', 15, "HTTP 200s, 404s and 500s scraped")  # fmt: skip
         wait_alert(prometheus, "SocketserverHttpErrorRatio", "pending|firing", 15,
                    server="http_hello")  # fmt: skip
+        # Each connection: four operations ok, and an INCR that raised (outcome error).
+        wait_for(prometheus, 'count(sum by (outcome) (socketserver_operation_duration_seconds_'
+                 'count{server="commands", outcome=~"ok|error"}) > 0) == 2', 15,
+                 "operations ok and failed scraped")  # fmt: skip
         # No `for`: three restarts within 15 minutes fire at once.
         wait_alert(prometheus, "SocketserverWorkersRestarting", "firing", 10,
                    instance=prefork.admin)  # fmt: skip
@@ -469,9 +494,11 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
     assert {path: set(counts) for path, counts in traffic.statuses.items()} == {
         path: {status} for path, status in HTTP_PATHS.items()
     }, traffic.statuses
+    assert set(traffic.command_replies) == {COMMAND_REPLIES}, traffic.command_replies
+    assert traffic.command_replies[COMMAND_REPLIES] > 10, traffic.command_replies
 
     values = {
-        "server": "(echo|http_hello)", "instance": instances, "datasource": "unused",
+        "server": "(echo|http_hello|commands)", "instance": instances, "datasource": "unused",
         "__rate_interval": "5s", "__interval": "1s", "__range": "5m",
         "__range_s": "300", "__interval_ms": "1000",
     }  # fmt: skip
@@ -505,6 +532,11 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
                              '{server="http_hello"}', at)  # fmt: skip
     (ratio,) = reply["data"]["result"]
     assert 0.2 < float(ratio["value"][1]) < 0.3, ratio
+    # The operation error ratio panel: one operation in five raised (INCR of "x").
+    (errors,) = [q for q in queries if q.panel == "Operation error ratio"]
+    reply = prometheus.query(substitute(errors.expr, values), at)
+    (ratio,) = reply["data"]["result"]
+    assert 0.15 < float(ratio["value"][1]) < 0.25, ratio
 
     # 7. Template variables list the servers and every instance.
     for dashboard in dashboards().values():
@@ -518,12 +550,13 @@ def test_every_dashboard_query_and_recording_rule_returns_data(
             )  # fmt: skip
             assert reply["status"] == "success", (name, reply)
             listed = set(reply["data"])
-            wanted = {"echo", "http_hello"} if label == "server" else set(admins)
+            wanted = {"echo", "http_hello", "commands"} if label == "server" else set(admins)
             assert wanted <= listed, f"variable {name} lists {listed}"
 
-    # 8. Exemplars (trace ids) of the request-duration panels reach Prometheus: per
-    # connection (socketserver_*) and per HTTP request.
-    histograms = ("socketserver_request_duration_seconds", "http_server_request_duration_seconds")
+    # 8. Exemplars (trace ids) of the duration panels reach Prometheus: per connection
+    # (socketserver_*), per HTTP request and per marked operation.
+    histograms = ("socketserver_request_duration_seconds", "http_server_request_duration_seconds",
+                  "socketserver_operation_duration_seconds")  # fmt: skip
     for histogram in histograms:
         latency = next(q for q in queries if f"{histogram}_bucket" in q.expr
                        and q.target.get("exemplar"))  # fmt: skip

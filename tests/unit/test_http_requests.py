@@ -14,6 +14,8 @@ import http.client
 import http.server
 import io
 import json
+import os
+import signal
 import socket
 import threading
 import wsgiref.simple_server
@@ -574,6 +576,48 @@ def test_fork_mode_requests_reach_the_parents_metrics_and_traces(
     wait_for(lambda: len(request_spans(span_exporter)) == 3)
     first = next(s for s in request_spans(span_exporter) if s.name == "GET /")
     assert format(first.context.trace_id, "032x") == CALLER_TRACE
+
+
+class BodyReader(Handler):
+    def do_PUT(self) -> None:  # in progress until the client sends the body
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.reply(200, body)
+        self.close_connection = True  # the child ends with its connection
+
+
+def test_fork_mode_counts_the_requests_its_children_serve_in_progress(
+    http_server: Callable[..., Any], metric: Any, wait_for: Any
+) -> None:
+    """``http_server_active_requests`` counts a forked child's request while it runs:
+    the parent never sees the request start otherwise."""
+    server = http_server(BodyReader, base=runtime.ForkingTCPServer)
+    socks = [socket.create_connection(server.server_address, timeout=10) for _ in range(2)]
+    try:
+        for sock in socks:  # the headers: each child begins a PUT and waits for its body
+            sock.sendall(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        wait_for(lambda: metric("http_server_active_requests", http_request_method="PUT") == 2)
+        socks[0].sendall(b"ok")
+        assert socks[0].recv(65536).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: metric("http_server_active_requests", http_request_method="PUT") == 1)
+    finally:
+        for sock in socks:  # each child holds copies of these sockets: shut down, not close
+            sock.shutdown(socket.SHUT_WR)  # the other child's read ends: its request too
+            sock.close()
+    wait_for(lambda: metric("socketserver_requests_total") == 2)
+    assert metric("http_server_active_requests", http_request_method="PUT") == 0
+
+
+def test_fork_mode_a_child_killed_mid_request_is_no_longer_counted(
+    http_server: Callable[..., Any], metric: Any, wait_for: Any
+) -> None:
+    server = http_server(BodyReader, base=runtime.ForkingTCPServer)
+    with socket.create_connection(server.server_address, timeout=10) as sock:
+        sock.sendall(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        wait_for(lambda: metric("http_server_active_requests", http_request_method="PUT") == 1)
+        (pid,) = server.child_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: metric("socketserver_requests_total", outcome="error") == 1)
+        assert metric("http_server_active_requests", http_request_method="PUT") == 0
 
 
 def exchange(address: Any, data: str) -> bytes:
