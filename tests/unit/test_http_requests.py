@@ -9,6 +9,7 @@ access line. A 5xx or a handler that raises is an error; a 4xx is not.
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import http.client
 import http.server
@@ -680,3 +681,63 @@ def test_simple_http_request_handler_files_and_404s(
     assert bodies[""] >= 1000  # the file's bytes (and the 404 page's), measured as written
     access = {a["path"]: a for a in lines(log_stream)}
     assert access["/hello.txt"]["status"] == 200 and access["/hello.txt"]["bytes_out"] > 1000
+
+
+# -- the Date header, formatted once a second ---------------------------------------------
+
+
+def test_the_date_header_is_the_standard_librarys_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formatted once a second, the same string http.server makes each response."""
+    from runtime import _http
+
+    stdlib = http.server.BaseHTTPRequestHandler.__new__(http.server.BaseHTTPRequestHandler)
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(_http, "time", lambda: clock[0])
+    seen = []
+    for now in (1_700_000_000.0, 1_700_000_000.4, 1_700_000_000.999, 1_700_000_001.0,
+                1_700_000_059.5, 1_700_003_600.2):  # fmt: skip
+        clock[0] = now
+        got = _http.date_time_string()
+        assert got == stdlib.date_time_string(now), now
+        seen.append(got)
+    assert seen[0] == seen[1] == seen[2] != seen[3]  # a new string at each new second
+    # With a timestamp (Last-Modified), it is the standard one
+    assert _http.date_time_string(86400.5) == stdlib.date_time_string(86400.5)
+
+
+def test_a_handlers_own_date_time_string_is_kept(http_server: Callable[..., Any]) -> None:
+    class OwnDate(Handler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return "the handler's own"
+
+    server = http_server(OwnDate)
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.getheader("Date") == "the handler's own"
+
+
+def test_the_date_header_of_a_served_response_is_now(http_server: Callable[..., Any]) -> None:
+    server = http_server()
+    before = email.utils.formatdate(usegmt=True)
+    statuses_and_dates = []
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            statuses_and_dates.append((response.status, response.getheader("Date")))
+    finally:
+        conn.close()
+    after = email.utils.formatdate(usegmt=True)
+    for status, date in statuses_and_dates:
+        assert status == 200
+        stamp = email.utils.parsedate_to_datetime(date).timestamp()
+        low = email.utils.parsedate_to_datetime(before).timestamp()
+        high = email.utils.parsedate_to_datetime(after).timestamp()
+        assert low <= stamp <= high, (before, date, after)
