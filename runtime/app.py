@@ -23,7 +23,7 @@ import sys
 import sysconfig
 import traceback
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple, Protocol
 
@@ -248,12 +248,15 @@ class App:
     tracer_provider: Any = None
     closed: bool = field(default=False)
 
-    def run(self, on_serving: Callable[[], None] | None = None) -> int:
-        """Serve until stopped; *on_serving* runs once the signal handlers are in place."""
+    def run(
+        self, on_serving: Callable[[], None] | None = None, *, received: Sequence[int] = ()
+    ) -> int:
+        """Serve until stopped; *on_serving* runs once the signal handlers are in place;
+        *received*: signals that arrived while it started (see :meth:`Runtime.run`)."""
         if self.admin is not None:
             self.admin.start()
         try:
-            return self.runtime.run(on_serving)
+            return self.runtime.run(on_serving, received=received)
         finally:
             self.close()
 

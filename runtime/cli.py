@@ -42,6 +42,7 @@ from .config import (
     parse_value,
     settings_from,
 )
+from .lifecycle import SignalsWhileStarting
 
 __all__ = ["PROG", "SCRIPT", "main", "parse"]
 
@@ -221,20 +222,25 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         _working_folder_importable()
     settings: Settings | None = None
     from_environment: dict[str, str] = {}
-    try:
-        settings, from_environment, checking = _parse(
-            argv, os.environ if environ is None else environ, prog, name
+    # A stop signal from here on is kept until the engine can drain: once bound, the
+    # kernel queues connections, and the default action would reset them.
+    with SignalsWhileStarting() as early:
+        try:
+            settings, from_environment, checking = _parse(
+                argv, os.environ if environ is None else environ, prog, name
+            )
+            if checking:
+                print(f"{name}: configuration OK: {check(settings).describe()}", flush=True)
+                return 0
+            app = build(settings)
+        except (ConfigError, StartupError) as exc:
+            # Named as the user gave it: RUNTIME_BIND, not --bind, when that set the address.
+            setting = named_as_given(exc.setting, from_environment)
+            print(f"{name}: error: {setting}: {exc.message}", file=sys.stderr, flush=True)
+            if exc.__cause__ is not None and settings is not None and settings.log_level == "debug":
+                _print_traceback(exc.__cause__)
+            return 2
+        # Printed once a signal is safe to send: scripts take the line as "up".
+        return app.run(
+            on_serving=lambda: print(app.describe(), flush=True), received=early.received
         )
-        if checking:
-            print(f"{name}: configuration OK: {check(settings).describe()}", flush=True)
-            return 0
-        app = build(settings)
-    except (ConfigError, StartupError) as exc:
-        # Named as the user gave it: RUNTIME_BIND, not --bind, when that set the address.
-        setting = named_as_given(exc.setting, from_environment)
-        print(f"{name}: error: {setting}: {exc.message}", file=sys.stderr, flush=True)
-        if exc.__cause__ is not None and settings is not None and settings.log_level == "debug":
-            _print_traceback(exc.__cause__)
-        return 2
-    # Printed once a signal is safe to send: scripts take the line as "up".
-    return app.run(on_serving=lambda: print(app.describe(), flush=True))

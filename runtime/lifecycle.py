@@ -35,7 +35,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -159,6 +159,30 @@ def capture_signals(
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+class SignalsWhileStarting:
+    """Stop signals that arrive while the service starts, kept for the engine.
+
+    From the moment the listener is bound the kernel queues connections, so a
+    SIGTERM then must drain them, not kill the process (its default action)
+    and reset them.  ``with SignalsWhileStarting() as early:`` around the
+    start-up (settings, bind, :meth:`Runtime.run`) records them; the engine,
+    given ``early.received``, acts on them once its own handlers are in place:
+    it serves what is queued and exits as it would for a signal received
+    while serving.  Only works on the main thread; elsewhere it does nothing.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = GRACEFUL_SIGNALS + IMMEDIATE_SIGNALS) -> None:
+        self.received: list[int] = []
+        self._capture = capture_signals(self.received.append, signals)
+
+    def __enter__(self) -> SignalsWhileStarting:
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._capture.__exit__(None, None, None)
 
 
 @runtime_checkable
@@ -471,11 +495,15 @@ class Runtime:
 
     # -- the three steps -----------------------------------------------------------
 
-    def run(self, on_serving: Callable[[], None] | None = None) -> int:
+    def run(
+        self, on_serving: Callable[[], None] | None = None, *, received: Sequence[int] = ()
+    ) -> int:
         """Startup, serve, shutdown. Returns the unit's exit status (0: nothing forced).
 
         *on_serving* runs once serving, with the signal handlers in place: what it
         announces (the command's "serving ... on" line) is safe to answer with a signal.
+        *received*: signals that arrived while the service started (a
+        :class:`SignalsWhileStarting`'s), acted on once the handlers are in place.
         """
         unit = self.unit
         signals = self.signals if self.signals is not None else unit.signals
@@ -483,6 +511,8 @@ class Runtime:
         try:
             unit.start()
             with capture if self.handle_signals else contextlib.nullcontext():
+                for signum in list(received):  # complete: the early handlers are replaced
+                    self.handle_signal(signum)
                 self.lifecycle.to(State.SERVING)
                 if on_serving is not None:
                     on_serving()

@@ -369,6 +369,9 @@ class Prefork:
     def serve(self) -> None:
         """The supervisor's loop while the pool serves: signals, workers, their pipes."""
         assert self.engine is not None
+        # The first workers start before any signal is acted on: a stop signal received
+        # while the runtime started drains the pool, whose workers take what is queued.
+        self._maintain(monotonic())
         while True:
             wait = self.engine.tick()
             if not self._serving:

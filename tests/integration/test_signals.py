@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
-from _proc import RuntimeProcess, connect, poll, refused
+from _proc import ROOT, RuntimeProcess, connect, env, poll, refused
 
 
 def _hold(address: tuple[str, int], n: int) -> list[tuple[socket.socket, Any]]:
@@ -161,3 +163,48 @@ def test_a_signal_right_after_the_serving_line_drains(args: list[str]) -> None:
             assert code == 0, f"exit {code}: {err}"
         finally:
             rt.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--mode", "thread"], ["--mode", "fork"], ["--mode", "prefork", "--workers", "2"]],
+    ids=["thread", "fork", "prefork"],
+)
+def test_a_signal_while_starting_up_drains_what_was_queued(
+    args: list[str], tmp_path: Any
+) -> None:
+    """A SIGTERM that arrives while the runtime starts up (here: while it imports the
+    handler's module, a socket it inherited already listening with a client queued on
+    it) is acted on once the runtime can: the queued client is served, the runtime exits
+    0.  Before, the signal's default action killed it and the client was never answered."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "slow_start:EchoHandler", "--bind", f"fd://{fd}",
+         "--admin", "off", "--drain-delay", "0", *args],
+        cwd=ROOT, env={**env(), "SLOW_START_DIR": str(tmp_path)}, pass_fds=(fd,),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = None
+    try:
+        poll(lambda: (tmp_path / "importing").exists(), what="the handler's module imported")
+        client = socket.create_connection(listener.getsockname(), timeout=15)
+        client.sendall(b"queued before serving\n")  # in the kernel's queue: nobody accepts yet
+        proc.send_signal(signal.SIGTERM)
+        (tmp_path / "go").touch()
+        assert client.makefile("rb").readline() == b"queued before serving\n"
+        client.close()
+        code = proc.wait(30)
+    finally:
+        if client is not None:
+            client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        listener.close()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert code == 0, f"exit {code}: {err}"
+    assert '"drain started"' in err and '"SIGTERM"' in err, err
