@@ -338,7 +338,8 @@ def test_a_refused_request_line_after_a_kept_alive_request_has_no_path(
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    assert data.startswith(b"HTTP/1.1 200") and f" {status} ".encode() in data
+    # (the error page: Python 3.10 answers a bad version line without a status line)
+    assert data.startswith(b"HTTP/1.1 200") and b"Error code: %d" % status in data
     wait_for(lambda: metric("socketserver_requests_total") == 1)
     access = lines(log_stream)
     assert [(a["path"], a["status"]) for a in access] == [("/users/7", 200), ("", status)]
