@@ -7,7 +7,6 @@ import importlib.util
 import json
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+from _proc import send_all_read_all
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,10 +181,4 @@ COMMAND_REPLIES = b"OK\n2\n2\nOK\nERR not an integer\n"
 
 def send_commands(address: tuple[str, int]) -> bytes:
     """COMMANDS on one connection; every reply, once the server has closed it."""
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.sendall(COMMANDS)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(4096):
-            chunks.append(chunk)
-        return b"".join(chunks)
+    return send_all_read_all(address, COMMANDS)

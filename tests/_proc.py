@@ -134,6 +134,18 @@ def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
     return sock
 
 
+def send_all_read_all(address: tuple[Any, ...], payload: bytes, timeout: float = 5) -> bytes:
+    """Send *payload* on a new connection, shut down our sending side, and return every
+    byte the server sends until it closes the connection."""
+    with socket.create_connection(address[:2], timeout=timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def echo_line(address: tuple[Any, ...], line: bytes) -> bytes:
     """Send *line* on a new connection and return the first line that comes back."""
     with socket.create_connection(address[:2], timeout=10) as sock:

@@ -19,7 +19,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 from _dockerfile import DOCKERFILE, ROOT, Stage, env_of, exec_form, healthcheck_of, seconds
 from _dockerfile import stages as read_stages
+from _proc import send_all_read_all
 
 from runtime.config import parse_address, settings_from
 from runtime.lifecycle import Runtime
@@ -170,16 +170,6 @@ def _poll(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)  # the poll interval of a deadline-bounded wait
 
 
-def _echo(address: tuple[str, int], payload: bytes) -> bytes:
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(4096):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @pytest.mark.timeout(120)
 def test_image_command_serves_passes_its_healthcheck_and_drains_on_sigterm(
     final: Stage, image_argv: list[str], tmp_path: Path
@@ -228,7 +218,7 @@ def test_image_command_serves_passes_its_healthcheck_and_drains_on_sigterm(
         assert healthcheck() == 0
         assert _get(admin_url + "/livez") == 200
         assert _get(admin_url + "/readyz") == 200
-        assert _echo(address, b"hello\n") == b"hello\n"
+        assert send_all_read_all(address, b"hello\n") == b"hello\n"
 
         # SIGTERM to the runtime itself: it is the container's main process, not a shell's child.
         signalled = time.monotonic()
@@ -238,7 +228,7 @@ def test_image_command_serves_passes_its_healthcheck_and_drains_on_sigterm(
         assert proc.poll() is None
         assert _get(admin_url + "/livez") == 200
         assert healthcheck() == 0
-        assert _echo(address, b"still here\n") == b"still here\n"
+        assert send_all_read_all(address, b"still here\n") == b"still here\n"
 
         status = proc.wait(timeout=budget)
         took = time.monotonic() - signalled

@@ -17,7 +17,6 @@ Traffic goes only to 127.0.0.1: the engine publishes the container's ports there
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -30,7 +29,7 @@ import pytest
 import yaml
 from _dockerfile import ROOT
 from _engine import Engine, missing_tools
-from _proc import poll
+from _proc import poll, send_all_read_all
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -75,13 +74,7 @@ def _get(url: str) -> int:
 
 def _echo(port: int, payload: bytes) -> bytes:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(4096):
-                chunks.append(chunk)
-        return b"".join(chunks)
+        return send_all_read_all(("127.0.0.1", port), payload)
     except OSError:
         return b""
 

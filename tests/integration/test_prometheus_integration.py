@@ -58,7 +58,7 @@ from _monitoring import (
     variable_query,
     variables,
 )
-from _proc import ROOT, env, poll
+from _proc import ROOT, env, poll, send_all_read_all
 from prometheus_client.parser import text_string_to_metric_families
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS", "prometheus")
@@ -240,13 +240,7 @@ def http_get(address: tuple[str, int], path: str) -> int:
 def request(address: tuple[str, int], line: bytes) -> bytes:
     """One connection, one line; b"" when the server closed it (rejected, or failed)."""
     try:
-        with socket.create_connection(address, timeout=5) as sock:
-            sock.sendall(line)
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(4096):
-                chunks.append(chunk)
-            return b"".join(chunks)
+        return send_all_read_all(address, line)
     except OSError as exc:
         # A connection the server closed with our line unread is reset by the kernel;
         # depending on timing the client sees that as ECONNRESET, EPIPE or ENOTCONN.
