@@ -24,9 +24,11 @@ COPY runtime ./runtime
 COPY dashboards/socketserver-overview.json ./dashboards/
 COPY deploy/prometheus ./deploy/prometheus
 COPY deploy/kubernetes ./deploy/kubernetes
+# The dependencies at the versions the tests ran (constraints.txt: `make constraints`).
+COPY constraints.txt ./
 # Every dependency is pure Python or ships a manylinux wheel (psutil, protobuf), so no compiler;
 # the final stage installs from /wheels alone, without reaching an index.
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --constraint constraints.txt --wheel-dir /wheels .
 
 # --- final: only the installed wheels, no build tools, not root ----------------------------------
 FROM ${PYTHON_IMAGE}

@@ -4,13 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest deps bench bench-suite compat clean readme
+.PHONY: run test lint typecheck pytest deps bench bench-suite compat clean readme constraints
 
-$(STAMP): pyproject.toml
+# The runtime's dependencies at the versions in constraints.txt, the image's (the dev tools: newest).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Pin the runtime's dependencies afresh (pip's resolution now), for the tests and the image.
+constraints: $(STAMP)
+	$(PY) deploy/constraints.py
 
 # Debian packages the tests need: gcc builds the benchmark's load generator and wrk drives
 # its HTTP scenarios; prometheus (with promtool) checks the dashboards and alert rules for
@@ -43,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
-	$(PY) -m mypy --strict runtime bench dashboards/generate.py deploy/prometheus/prometheusrule.py
+	$(PY) -m mypy --strict runtime bench dashboards/generate.py deploy/prometheus/prometheusrule.py deploy/constraints.py
 
 pytest: $(STAMP) deps
 	$(PY) -m pytest -q
@@ -70,7 +75,7 @@ compat: deps
 			set -- "$$@" "Python $$v: not installed, skipped"; continue; \
 		fi; \
 		echo "compat: Python $$v ($$py)"; \
-		if ! { $$py -m venv .venv-$$v && .venv-$$v/bin/python -m pip install --quiet -e '.[dev]'; }; then \
+		if ! { $$py -m venv .venv-$$v && .venv-$$v/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'; }; then \
 			result="failed (venv or install)"; \
 		elif ! .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_PYTEST_ARGS); then \
 			result="failed (tests)"; \

@@ -11,6 +11,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
+CONSTRAINTS = ROOT / "constraints.txt"
+
+
+def pinned() -> dict[str, str]:
+    """constraints.txt (the versions the image's wheels are built at) as canonical name ->
+    version."""
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not name==version: {line!r}"
+            found[canonicalize_name(name)] = version
+    return found
 
 
 @dataclass

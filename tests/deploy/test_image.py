@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 import yaml
-from _dockerfile import ROOT
+from _dockerfile import ROOT, pinned
 from _engine import Engine, missing_tools
 from _proc import poll, send_all_read_all
+from packaging.utils import canonicalize_name
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -276,3 +277,15 @@ def test_image_runs_as_the_kubernetes_manifests_run_it(
     seconds = _stop_and_watch_drain(engine, name, app, admin, "--time", str(grace))
     assert seconds < grace, f"docker stop took {seconds:.1f}s of the {grace}s grace period"
     _assert_drained_cleanly(engine, name)
+
+
+def test_the_image_ships_the_pinned_versions(engine: Engine, image: str) -> None:
+    """The Dockerfile builds its wheels with constraints.txt: the image runs the dependency
+    versions the tests ran (tests/deploy/test_constraints.py checks the tests' side)."""
+    listing = engine.run(
+        "run", "--rm", "--entrypoint", "python", image, "-c",
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+    ).stdout  # fmt: skip
+    shipped = {canonicalize_name(name): version for name, version in json.loads(listing).items()}
+    assert {name: shipped.get(name) for name in pinned()} == pinned()
