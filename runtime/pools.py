@@ -426,8 +426,9 @@ class _ActiveSlots:
     parent reads them at scrape time and clears a child's when it reaps it."""
 
     def __init__(self, size: int) -> None:
-        self._memory = mmap.mmap(-1, max(1, size))
-        self._free = list(range(len(self._memory) - 1, -1, -1))
+        self.size = max(1, size)
+        self._memory = mmap.mmap(-1, self.size)
+        self._free = list(range(self.size - 1, -1, -1))
 
     def take(self) -> int:
         """A free slot, cleared (-1 when every one is taken: that child is not counted)."""
@@ -552,13 +553,16 @@ class ForkingMixIn(socketserver.ForkingMixIn):
                 self._pool_slot_wait = 0.0
             _telemetry_of(self).queue_wait(perf_counter() - start)
         record = _record_of(self, request)
-        if self._pool_slots is None:
-            self._pool_slots = _ActiveSlots(self.max_children)
-        slot = self._pool_slots.take()
+        slots = self._pool_slots
+        if slots is None or (slots.size < self.max_children and not children):
+            if slots is not None:  # max_children grew: no live child uses the old mapping
+                slots.close()
+            slots = self._pool_slots = _ActiveSlots(self.max_children)
+        slot = slots.take()
         try:
             read_end, write_end = os.pipe()
         except OSError:
-            self._pool_slots.release(slot)
+            slots.release(slot)
             raise
         # The drain's signal must not reach a child before it can handle it (SIGUSR2
         # would end it): blocked across the fork, the child unblocks it once ready.
@@ -569,7 +573,7 @@ class ForkingMixIn(socketserver.ForkingMixIn):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_end)
             os.close(write_end)
-            self._pool_slots.release(slot)
+            slots.release(slot)
             raise
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

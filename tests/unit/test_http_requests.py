@@ -609,6 +609,26 @@ def test_fork_mode_counts_the_requests_its_children_serve_in_progress(
     assert metric("http_server_active_requests", http_request_method="PUT") == 0
 
 
+def test_fork_mode_counts_every_child_after_max_children_grew(
+    http_server: Callable[..., Any], metric: Any, wait_for: Any
+) -> None:
+    server = http_server(BodyReader, base=runtime.ForkingTCPServer)
+    server.max_children = 1
+    assert exchange(server.server_address, "PUT / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok")
+    wait_for(lambda: metric("socketserver_requests_total") == 1)
+    server.max_children = 3  # more children than the first one's shared bytes
+    socks = [socket.create_connection(server.server_address, timeout=10) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.sendall(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        wait_for(lambda: metric("http_server_active_requests", http_request_method="PUT") == 3)
+    finally:
+        for sock in socks:
+            sock.shutdown(socket.SHUT_WR)
+            sock.close()
+    wait_for(lambda: metric("socketserver_requests_total") == 4)
+
+
 def test_fork_mode_a_child_killed_mid_request_is_no_longer_counted(
     http_server: Callable[..., Any], metric: Any, wait_for: Any
 ) -> None:
