@@ -431,12 +431,10 @@ class _ActiveSlots:
         self._free = list(range(self.size - 1, -1, -1))
 
     def take(self) -> int:
-        """A free slot, cleared (-1 when every one is taken: that child is not counted)."""
+        """A free slot (-1 when every one is taken: that child is not counted)."""
         if not self._free:
             return -1
-        slot = self._free.pop()
-        self._memory[slot] = 0
-        return slot
+        return self._free.pop()  # zero: new, or cleared when released
 
     def release(self, slot: int) -> None:
         if slot >= 0:

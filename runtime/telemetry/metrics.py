@@ -137,7 +137,8 @@ class Metrics:
         self._histogram, self._buckets = histogram, b
         self._families_lock = threading.Lock()
         self._http: tuple[Any, Any, Any, Any] | None = None
-        self._active_sources: list[tuple[str, Any]] = []  # added to the active gauge
+        #: (server label, a fork-mode server's http_requests_in_progress): added to the gauge
+        self._active_sources: list[tuple[str, weakref.WeakMethod[Any]]] = []
         self.worker = worker
         self._operations: Any = None
         # Process-wide, no server label: the log stream and span queue are the process's.
@@ -199,30 +200,18 @@ class Metrics:
                         multiprocess_mode="livesum",
                     )  # fmt: skip
                 else:  # per-thread counts, added up at scrape time: no lock per request
-                    active = ActiveRequests(reg)
+                    active = ActiveRequests(reg, self._active_sources)
                 self._http = (duration, request_size, response_size, active)
-        self._attach_sources()
         return self._http
 
     def add_active_source(self, server: str, source: Any, now: bool) -> None:
-        """Count *source*'s HTTP requests in progress (see :meth:`ActiveRequests.add_source`)
-        in ``http_server_active_requests``; *now*: register the HTTP families now (the
-        server speaks HTTP), not at its first finished request."""
-        with self._families_lock:
-            self._active_sources.append((server, source))
+        """Count *source*'s HTTP requests in progress (a bound method returning {method
+        label: count}: a fork-mode server's children) in ``http_server_active_requests``;
+        *now*: register the HTTP families now (the server speaks HTTP), not at its first
+        finished request."""
+        self._active_sources.append((server, weakref.WeakMethod(source)))
         if now:
             self.http_families()
-        elif self._http is not None:
-            self._attach_sources()
-
-    def _attach_sources(self) -> None:
-        assert self._http is not None
-        active = self._http[3]
-        with self._families_lock:
-            pending, self._active_sources = self._active_sources, []
-        if isinstance(active, ActiveRequests):  # a pre-fork worker forks no children
-            for server, source in pending:
-                active.add_source(server, source)
 
     def http_collect(self) -> Iterable[Any]:
         """The HTTP duration histogram's families (none before the first HTTP request)."""
@@ -306,22 +295,20 @@ class ServerMetrics:
         self._requests[outcome].inc()
         self._durations[outcome].observe(seconds, record.exemplar)
 
-    def _active_gauge(self, label: str) -> Any:
-        """The active gauge's child for the method *label* (a standard method, or _OTHER)."""
-        return self._m.http_families()[3].labels(self._server, label)
+    def _active_gauge(self, method: str) -> Any:
+        """The active gauge's child for *method* as sent (its label: http_method), cached
+        under it while the cache is small (the hot path looks in ``_active`` first)."""
+        gauge = self._m.http_families()[3].labels(self._server, http_method(method))
+        if len(self._active) < _HTTP_CACHE:
+            self._active[method] = gauge
+        return gauge
 
     def operation_started(self, op: Operation, carrier: Any = None, *, count: bool = True) -> None:
         """*op* began: into the active gauge (an HTTP request).  The signature is the
         telemetry's (:meth:`ServerTelemetry.operation_started`), which is this one when
         nothing traces; *carrier* is for spans."""
         if count and op.kind == "http":
-            method = op.method
-            gauge = self._active.get(method)
-            if gauge is None:
-                gauge = self._active_gauge(method if method in HTTP_METHODS else "_OTHER")
-                if len(self._active) < _HTTP_CACHE:
-                    self._active[method] = gauge
-            gauge.inc()
+            (self._active.get(op.method) or self._active_gauge(op.method)).inc()
 
     def operation_ended(self, op: Operation, seconds: float) -> None:
         """*op* finished: out of the active gauge, into the histograms."""
@@ -329,10 +316,7 @@ class ServerMetrics:
             self.observe_operation(op.summary(seconds))
             return
         method = op.method
-        gauge = self._active.get(method)
-        if gauge is None:
-            gauge = self._active_gauge(method if method in HTTP_METHODS else "_OTHER")
-        gauge.dec()
+        (self._active.get(method) or self._active_gauge(method)).dec()
         self._observe_http(
             method, op.status, op.route, op.error_type, seconds, op.body_in, op.body_out,
             op.exemplar,
@@ -481,21 +465,17 @@ class _Count:
 class ActiveRequests(Collector):
     """``http_server_active_requests``: a gauge the request path moves without a lock."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, sources: list[tuple[str, weakref.WeakMethod[Any]]]
+    ) -> None:
         self._children: dict[tuple[str, str], _Count] = {}
-        self._sources: list[tuple[str, weakref.WeakMethod[Any]]] = []
+        self._sources = sources  # the metrics' own list: fork-mode servers bound later too
         self._lock = threading.Lock()
         registry.register(self)
 
     def labels(self, server: str, method: str) -> _Count:
         with self._lock:
             return self._children.setdefault((server, method), _Count())
-
-    def add_source(self, server: str, source: Any) -> None:
-        """Add *source*'s counts (a bound method returning {method label: requests in
-        progress}: a fork-mode server's children) to *server*'s, at each scrape."""
-        with self._lock:
-            self._sources.append((server, weakref.WeakMethod(source)))
 
     def describe(self) -> Iterable[Any]:
         return [self._family()]
@@ -510,10 +490,8 @@ class ActiveRequests(Collector):
         family = self._family()
         with self._lock:
             children = list(self._children.items())
-            self._sources = [(server, ref) for server, ref in self._sources if ref() is not None]
-            sources = list(self._sources)
         values = {labels: float(count.value()) for labels, count in children}
-        for server, ref in sources:
+        for server, ref in list(self._sources):  # (a server that is gone counts nothing)
             source = ref()
             for method, count in (source() if source is not None else {}).items():
                 values[(server, method)] = values.get((server, method), 0.0) + count
